@@ -1,0 +1,195 @@
+"""archety.edge.macos_user against a Mac's directory tools as they answer on macOS 14."""
+
+import copy
+
+from ansible_collections.archety.edge.plugins.modules import macos_user
+from conftest import run_module
+from macos_fakes import FakeDirectory
+
+NEW_SHARD = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "s3cret pass"}
+
+
+def run(directory, check_mode=False, **args):
+    return run_module(macos_user.main, args, directory, check_mode=check_mode, diff=True)
+
+
+def test_creates_hidden_user_with_home_then_rerun_changes_nothing():
+    mac = FakeDirectory()
+    result = run(mac, **NEW_SHARD)
+
+    assert result["changed"] is True
+    assert result["user"] == {
+        "name": "edge_sage_01",
+        "uid": 502,
+        "gid": 20,
+        "full_name": "Edge sage-01",
+        "home": "/Users/edge_sage_01",
+        "shell": "/bin/zsh",
+        "hidden": True,
+        "admin": False,
+    }
+    assert mac.passwords["edge_sage_01"] == "s3cret pass"
+    assert "edge_sage_01" in mac.homes
+    assert result["commands"] == [
+        "/usr/sbin/sysadminctl -addUser edge_sage_01 -fullName 'Edge sage-01' -shell /bin/zsh"
+        " -home /Users/edge_sage_01 -password -",
+        "/usr/sbin/createhomedir -c -u edge_sage_01",
+        "/usr/sbin/dscl . -create /Users/edge_sage_01 IsHidden 1",
+    ]
+    assert result["diff"]["before"] == {}
+
+    again = run(mac, **NEW_SHARD)
+    assert again["changed"] is False
+    assert again["commands"] == []
+    assert again["user"] == result["user"]
+
+
+def test_password_never_reaches_a_command_line_or_the_result():
+    mac = FakeDirectory()
+    result = run(mac, **NEW_SHARD)
+    for argv in mac.calls:
+        assert "s3cret pass" not in argv
+    assert "s3cret pass" not in repr(result)
+
+
+def test_check_mode_reports_the_commands_and_creates_nothing():
+    mac = FakeDirectory()
+    result = run(mac, check_mode=True, uid=510, **NEW_SHARD)
+
+    assert result["changed"] is True
+    assert mac.users == {}
+    assert result["commands"][0].endswith(
+        "-UID 510 -shell /bin/zsh -home /Users/edge_sage_01 -password -"
+    )
+    assert result["user"]["uid"] == 510
+    assert all(call[0].endswith(("dscl", "dseditgroup")) for call in mac.calls)
+    assert all(call[1] in (".", "-o") and "-create" not in call for call in mac.calls)
+
+
+def test_sysadminctl_failure_reported_with_its_stderr_even_though_it_exits_0():
+    mac = FakeDirectory()
+    mac.sysadminctl_refuses = "### Error:-14120 File:ODRecord.m Description:eDSPermissionError"
+    result = run(mac, **NEW_SHARD)
+
+    assert result.failed
+    assert "did not create the user edge_sage_01" in result["msg"]
+    assert "eDSPermissionError" in result["msg"]
+    assert "edge_sage_01" not in mac.homes
+
+
+def test_creating_without_password_is_refused_before_anything_runs():
+    mac = FakeDirectory()
+    result = run(mac, name="edge_sage_01")
+    assert result.failed
+    assert "password is required" in result["msg"]
+    assert not any("sysadminctl" in call[0] for call in mac.calls)
+
+
+def test_existing_user_is_brought_in_line_and_removed_from_admin():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Old Name", shell="/bin/bash", hidden=False, admin=True)
+    before = copy.deepcopy(mac.users)
+
+    preview = run(mac, check_mode=True, **NEW_SHARD)
+    assert preview["changed"] is True
+    assert mac.users == before and "edge_sage_01" in mac.admins
+
+    result = run(mac, **NEW_SHARD)
+    assert result["changed"] is True
+    assert result["commands"] == preview["commands"]
+    assert result["commands"] == [
+        "/usr/sbin/dscl . -create /Users/edge_sage_01 RealName 'Edge sage-01'",
+        "/usr/sbin/dscl . -create /Users/edge_sage_01 UserShell /bin/zsh",
+        "/usr/sbin/dscl . -create /Users/edge_sage_01 IsHidden 1",
+        "/usr/sbin/dseditgroup -o edit -d edge_sage_01 -t user admin",
+    ]
+    assert result["diff"]["before"]["admin"] is True
+    assert result["diff"]["after"]["admin"] is False
+    assert "edge_sage_01" not in mac.admins
+    assert "edge_sage_01" not in mac.passwords, "an existing user's password is left alone"
+
+    assert run(mac, **NEW_SHARD)["changed"] is False
+
+
+def test_admin_true_adds_membership():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True)
+    result = run(mac, admin=True, **NEW_SHARD)
+    assert result["changed"] is True
+    assert "edge_sage_01" in mac.admins
+    assert result["user"]["admin"] is True
+
+
+def test_uid_mismatch_on_existing_user_is_an_error_that_changes_nothing():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True)
+    result = run(mac, uid=600, **NEW_SHARD)
+    assert result.failed
+    assert "exists with uid 502, not 600" in result["msg"]
+    assert mac.users["edge_sage_01"]["uid"] == 502
+
+
+def test_absent_removes_user_keeping_home_by_default():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True)
+
+    preview = run(mac, check_mode=True, name="edge_sage_01", state="absent")
+    assert preview["changed"] is True and "edge_sage_01" in mac.users
+
+    result = run(mac, name="edge_sage_01", state="absent")
+    assert result["changed"] is True
+    assert result["commands"] == ["/usr/sbin/sysadminctl -deleteUser edge_sage_01 -keepHome"]
+    assert "edge_sage_01" not in mac.users
+    assert "edge_sage_01" in mac.homes
+    assert result["user"] == {}
+
+    assert run(mac, name="edge_sage_01", state="absent")["changed"] is False
+
+
+def test_absent_with_remove_home_deletes_the_home():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01")
+    run(mac, name="edge_sage_01", state="absent", remove_home=True)
+    assert "edge_sage_01" not in mac.homes
+
+
+def test_delete_that_sysadminctl_silently_refuses_is_an_error():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01")
+    mac.sysadminctl_refuses = "Operation is not permitted without secure token unlock."
+    result = run(mac, name="edge_sage_01", state="absent")
+    assert result.failed
+    assert "did not delete the user edge_sage_01" in result["msg"]
+    assert "secure token" in result["msg"]
+
+
+def test_dscl_failure_other_than_missing_record_is_explained():
+    def broken(argv, data):
+        return 70, "", "<dscl_cmd> DS Error: -14009 (eDSUnknownNodeName)\n"
+
+    result = run(broken, **NEW_SHARD)
+    assert result.failed
+    assert "dscl could not read the user record /Users/edge_sage_01 (exit 70)" in result["msg"]
+    assert "eDSUnknownNodeName" in result["msg"]
+
+
+def test_dseditgroup_failure_is_explained():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True)
+
+    def runner(argv, data):
+        if argv[0].endswith("dseditgroup"):
+            return 64, "", "Group not found.\n"
+        return mac(argv, data)
+
+    result = run(runner, **NEW_SHARD)
+    assert result.failed
+    assert "could not tell whether edge_sage_01 is a member of admin (exit 64)" in result["msg"]
+
+
+def test_bad_short_name_is_refused_before_any_command():
+    mac = FakeDirectory()
+    result = run(mac, name="Edge Sage", password="x")
+    assert result.failed
+    assert "is not a macOS short name" in result["msg"]
+    assert mac.calls == []
