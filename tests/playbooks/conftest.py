@@ -1,0 +1,82 @@
+"""A fresh lab for the playbook tests, brought up once and always brought down."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LAB_DIR = Path(os.environ.get("EDGE_LAB_DIR", REPO / ".lab"))
+PLAYBOOK_TIMEOUT_S = 600
+
+
+class Lab:
+    """Runs lab commands and playbooks, and reads what they left behind."""
+
+    def __init__(self, lab_dir: Path) -> None:
+        self.dir = lab_dir
+
+    def edge_lab(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "edge-lab"), *args], cwd=REPO, text=True,
+                              capture_output=True, timeout=300, check=True)
+
+    def playbook(self, *args: str, check_mode: bool = False, **extra: str) -> "Run":
+        argv = [str(BIN / "ansible-playbook"), "-i", "inventories/lab/hosts.yml",
+                "playbooks/add_shard.yml"]
+        for key, value in extra.items():
+            argv += ["-e", f"{key}={value}"]
+        if check_mode:
+            argv.append("--check")
+        argv += list(args)
+        env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+        proc = subprocess.run(argv, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=PLAYBOOK_TIMEOUT_S, env=env)
+        return Run(proc.returncode, proc.stdout)
+
+    def shard_rows(self) -> list[tuple]:
+        with sqlite3.connect(self.dir / "backend.db") as db:
+            return db.execute(
+                "SELECT shard_id, phone_number, host, state FROM persona_shards ORDER BY shard_id"
+            ).fetchall()
+
+    def sql(self, statement: str, *params) -> list[tuple]:
+        with sqlite3.connect(self.dir / "backend.db") as db:
+            return db.execute(statement, params).fetchall()
+
+    def host_path(self, host: str, path: str) -> Path:
+        return self.dir / "hosts" / host / path.lstrip("/")
+
+    def has_user(self, host: str, name: str) -> bool:
+        passwd = self.host_path(host, "/etc/passwd").read_text()
+        return any(line.split(":")[0] == name for line in passwd.splitlines())
+
+
+class Run:
+    def __init__(self, rc: int, output: str) -> None:
+        self.rc = rc
+        self.output = output
+
+    def recap(self, host: str) -> dict[str, int]:
+        match = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", self.output, re.MULTILINE)
+        assert match, f"no PLAY RECAP line for {host}:\n{self.output}"
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (namespaces, sshd, users)")
+    subprocess.run([str(BIN / "edge-lab"), "down", "--purge"], cwd=REPO, timeout=120)
+    subprocess.run([str(BIN / "edge-lab"), "up", "--hosts", "1"], cwd=REPO, timeout=600,
+                   check=True)
+    try:
+        yield Lab(LAB_DIR)
+    finally:
+        subprocess.run([str(BIN / "edge-lab"), "down"], cwd=REPO, timeout=120)

@@ -1,0 +1,131 @@
+"""add_shard.yml on a lab Mac mini, as an operator meets it: bad input, a dry run, a stop for the
+person-only steps, the resume, and reruns that change nothing. The tests run in order on one
+lab."""
+
+from __future__ import annotations
+
+import pytest
+
+SHARD = {
+    "persona": "sage",
+    "shard_number": "1",
+    "phone_number": "+15551230001",
+    "target_host": "mini-01",
+}
+USER = "edge_sage_01"
+
+
+def request(**changes: str) -> dict[str, str]:
+    return {**SHARD, **changes}
+
+
+def assert_nothing_changed(lab) -> None:
+    assert lab.shard_rows() == []
+    assert not lab.has_user("mini-01", USER)
+    assert not lab.host_path("mini-01", "/usr/local/archety").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"phone_number": "5550100"}, "phone_number '5550100' is not E.164"),
+        ({"phone_number": "+1555"}, "is not E.164"),
+        ({"persona": "Sage!"}, "cannot make a macOS short name"),
+        ({"persona": "s"}, "cannot make a macOS short name"),
+        ({"shard_number": "100"}, "must be a number from 1 to 99"),
+        ({"target_host": "mini-09"}, "target_host 'mini-09' is not in the inventory"),
+        ({"backend_dsn": "postgresql://postgres@127.0.0.1:1/edge"}, "127.0.0.1"),
+        ({"backend_dsn": "mysql://127.0.0.1/edge"}, "backend_dsn must be sqlite"),
+    ],
+    ids=["phone-digits", "phone-short", "persona-chars", "persona-short", "shard-number",
+         "unknown-host", "dsn-unreachable", "dsn-scheme"],
+)
+def test_bad_input_stops_before_anything_changes(lab, changes, message):
+    run = lab.playbook(**request(**changes))
+    assert run.rc != 0, run.output
+    assert message in run.output, run.output
+    assert "Traceback" not in run.output
+    assert_nothing_changed(lab)
+
+
+def test_phone_number_already_in_use_is_refused(lab):
+    lab.sql(
+        "INSERT INTO persona_shards (shard_id, persona, phone_number, agent_id, host, state,"
+        " capacity, active_users, created_at, updated_at) VALUES"
+        " ('sage-07', 'sage', '+15551230001', 'sage-07', 'mini-01', 'active', 150, 0,"
+        " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')"
+    )
+    try:
+        run = lab.playbook(**request())
+        assert run.rc != 0
+        assert "+15551230001 is already used by shard sage-07" in run.output, run.output
+        assert not lab.has_user("mini-01", USER)
+        assert [row[0] for row in lab.shard_rows()] == ["sage-07"]
+    finally:
+        lab.sql("DELETE FROM persona_shards WHERE shard_id = 'sage-07'")
+
+
+def test_shard_already_in_use_with_another_number_is_refused(lab):
+    lab.sql(
+        "INSERT INTO persona_shards (shard_id, persona, phone_number, agent_id, host, state,"
+        " capacity, active_users, created_at, updated_at) VALUES"
+        " ('sage-01', 'sage', '+15551239999', 'sage-01', 'mini-01', 'active', 150, 0,"
+        " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')"
+    )
+    try:
+        run = lab.playbook(**request())
+        assert run.rc != 0
+        assert "shard sage-01 already exists with phone number +15551239999" in run.output
+        assert not lab.has_user("mini-01", USER)
+    finally:
+        lab.sql("DELETE FROM persona_shards WHERE shard_id = 'sage-01'")
+
+
+def test_check_mode_on_a_fresh_host_changes_nothing(lab):
+    run = lab.playbook(check_mode=True, **request())
+    assert run.rc == 0, run.output
+    assert "would install the relay release" in run.output
+    assert_nothing_changed(lab)
+
+
+def test_stops_with_instructions_before_the_gui_login(lab):
+    run = lab.playbook(**request())
+    assert run.rc != 0
+    assert "waiting for a person" in run.output, run.output
+    assert f"edge-lab gui login mini-01 {USER}" in run.output
+    assert "Traceback" not in run.output
+    assert lab.shard_rows() == [("sage-01", "+15551230001", "mini-01", "provisioning")]
+    assert lab.has_user("mini-01", USER)
+
+
+def test_check_mode_reports_the_person_steps_without_failing(lab):
+    run = lab.playbook(check_mode=True, **request())
+    assert run.rc == 0, run.output
+    assert "waits for these steps" in run.output
+    assert lab.shard_rows()[0][3] == "provisioning"
+
+
+def test_resumes_after_the_person_only_steps(lab):
+    lab.edge_lab("gui", "login", "mini-01", USER)
+    lab.edge_lab("imessage", "signin", "mini-01", USER, "+15551230001")
+    lab.edge_lab("grant", "fda", "mini-01")
+    lab.edge_lab("grant", "automation", "mini-01", USER)
+    run = lab.playbook(**request())
+    assert run.rc == 0, run.output
+    assert lab.shard_rows() == [("sage-01", "+15551230001", "mini-01", "active")]
+    checks = lab.sql("SELECT status FROM canary_checks WHERE shard_id = 'sage-01'")
+    assert checks == [("ok",)]
+
+
+def test_rerun_on_a_serving_shard_changes_nothing_and_sends_no_test_message(lab):
+    run = lab.playbook(**request())
+    assert run.rc == 0, run.output
+    assert run.recap("mini-01")["changed"] == 0, run.output
+    assert run.recap("localhost")["changed"] == 0, run.output
+    assert len(lab.sql("SELECT id FROM canary_checks")) == 1
+
+
+def test_check_mode_on_a_serving_shard_changes_nothing(lab):
+    run = lab.playbook(check_mode=True, **request())
+    assert run.rc == 0, run.output
+    assert run.recap("mini-01")["changed"] == 0, run.output
