@@ -1,0 +1,1 @@
+"""The lab: simulated Mac minis on one Linux machine."""
