@@ -1,0 +1,98 @@
+"""Client of the backend's /edge API (see backend/openapi.yaml for the contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Dict, List, Optional
+from urllib.parse import quote
+
+import aiohttp
+
+
+class BackendError(Exception):
+    """A call failed: `status` is the HTTP status, or None when the backend was unreachable."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+STATUS_REASONS = {
+    401: "the backend does not know this shard's token; check backend.token_file",
+    403: "the backend has disabled this shard",
+}
+
+
+class Backend:
+    def __init__(self, url: str, token: str, timeout_s: float):
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self.timeout_s = timeout_s
+        self._session: Optional[aiohttp.ClientSession] = None
+        self.last_ok_at: Optional[float] = None
+        self.last_error: Optional[str] = "no call made yet"
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self._headers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.last_error is None
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: Optional[float] = None
+    ) -> Dict[str, Any]:
+        assert self._session is not None, "Backend.start() first"
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
+        try:
+            async with self._session.request(
+                method, self.url + path, json=body, timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    reason = STATUS_REASONS.get(response.status, "the backend refused the call")
+                    error = BackendError(
+                        f"{method} {path} answered {response.status}: {reason}", response.status
+                    )
+                    self.last_error = str(error)
+                    raise error
+                payload = await response.json(content_type=None)
+        except asyncio.TimeoutError:
+            self.last_error = f"{method} {path} timed out"
+            raise BackendError(self.last_error) from None
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            kind = type(error).__name__
+            self.last_error = f"{method} {path} failed: {kind} {error}".strip()
+            raise BackendError(self.last_error) from None
+        if not isinstance(payload, dict):
+            self.last_error = f"{method} {path} answered something other than a JSON object"
+            raise BackendError(self.last_error)
+        self.last_ok_at = time.time()
+        self.last_error = None
+        return payload
+
+    async def register(self, agent_id: str, version: str, host: Optional[str]) -> Dict[str, Any]:
+        body = {"agent_id": agent_id, "version": version, "host": host}
+        return await self._call("POST", "/edge/register", body)
+
+    async def heartbeat(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        return await self._call("POST", "/edge/heartbeat", body)
+
+    async def inbound(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return await self._call("POST", "/edge/inbound", {"events": events})
+
+    async def commands(self, wait_s: int) -> List[Dict[str, Any]]:
+        answer = await self._call(
+            "GET", f"/edge/commands?wait={wait_s}", timeout_s=wait_s + self.timeout_s
+        )
+        commands = answer.get("commands") or []
+        return [c for c in commands if isinstance(c, dict)]
+
+    async def result(self, command_id: str, status: str, detail: str) -> None:
+        path = f"/edge/commands/{quote(command_id, safe='')}/result"
+        await self._call("POST", path, {"status": status, "detail": detail})

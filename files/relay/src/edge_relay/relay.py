@@ -1,0 +1,431 @@
+"""The relay process: inbound forwarding, the send path, registration, health and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from typing import Any, Dict, List, Optional
+
+from edge_relay import __version__
+from edge_relay.backend import Backend, BackendError
+from edge_relay.chatdb import ChatDB, ChatDBError
+from edge_relay.config import Config
+from edge_relay.health import HealthServer, QueueView, judge_queue, overall
+from edge_relay.ratelimit import SlidingWindowLimiter
+from edge_relay.sender import Sender
+from edge_relay.sendqueue import CommandError, SendQueue, command_target
+from edge_relay.state import StateStore
+
+log = logging.getLogger("edge_relay")
+
+INBOUND_BATCH = 100
+LONG_POLL_WAIT_S = 25
+DEFAULT_HEARTBEAT_S = 30.0
+DRAIN_BOUND_S = 10.0
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+# AppleScript errors that mean this shard cannot send at all until a person acts.
+BLOCKING_SEND_ERRORS = ("(error -1743)", "(error -600)", "(error -1719)")
+
+
+class Backoff:
+    """Doubling waits while the backend is down, reset by the first success."""
+
+    def __init__(self) -> None:
+        self.next_s = BACKOFF_FIRST_S
+
+    def reset(self) -> None:
+        self.next_s = BACKOFF_FIRST_S
+
+    def take(self) -> float:
+        wait = self.next_s
+        self.next_s = min(self.next_s * 2, BACKOFF_MAX_S)
+        return wait
+
+
+class Relay:
+    def __init__(self, config: Config):
+        self.config = config
+        self.chat_db = ChatDB(config.chat_db)
+        self.store = StateStore(config.state_dir)
+        self.queue = SendQueue(config.send_queue, self.store)
+        self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
+        self.sender = Sender(config.osascript, self.chat_db, config.send_queue.confirm_s)
+        self.backend = Backend(config.backend_url, config.read_token(), config.backend_timeout_s)
+        self.health = HealthServer(config.health.host, config.health.port, self.report)
+        self.registered = False
+        self.registration_detail = "not registered yet"
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.send_problem: Optional[str] = None
+        self.depth_high_since: Optional[float] = None
+        self.draining = False
+        self._stop: Optional[asyncio.Event] = None
+        self._inbound_wake: Optional[asyncio.Event] = None
+        self._results_wake: Optional[asyncio.Event] = None
+        self._registered_event: Optional[asyncio.Event] = None
+
+    # The interface a folder watcher uses: new rows may be in chat.db, read now.
+
+    def wake_inbound(self) -> None:
+        if self._inbound_wake is not None:
+            self._inbound_wake.set()
+
+    def request_drain(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("drain requested: taking no new commands")
+            self._stop.set()
+
+    # Health
+
+    def report(self) -> Dict[str, Any]:
+        now = time.time()
+        chat_ok, chat_detail = self.chat_db.check()
+        _, drops = self.store.recent_events(now - self.config.health.drops_window_s)
+        figures = self.queue.figures()
+        queue_status = judge_queue(
+            QueueView(figures["depth"], self.depth_high_since, drops), self.config.health, now
+        )
+        checks = {
+            "chat_db": {"ok": chat_ok, "detail": chat_detail},
+            "backend": {
+                "ok": self.backend.reachable,
+                "detail": self.backend.last_error or "reachable",
+            },
+            "registered": {"ok": self.registered, "detail": self.registration_detail},
+            "messages": {
+                "ok": self.send_problem is None,
+                "detail": self.send_problem or "no send blocked",
+            },
+        }
+        return {
+            "status": overall(checks, queue_status),
+            "version": __version__,
+            "shard_id": self.config.shard_id,
+            "send_queue": figures,
+            "checks": checks,
+            "queue_status": queue_status,
+            "drops_recent": drops,
+        }
+
+    # Lifecycle
+
+    async def run(self) -> int:
+        self._stop = asyncio.Event()
+        self._inbound_wake = asyncio.Event()
+        self._results_wake = asyncio.Event()
+        self._registered_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_drain)
+
+        await self.backend.start()
+        await self.health.start()
+        log.info(
+            "relay %s started for shard %s (health on %s:%d)",
+            __version__,
+            self.config.shard_id,
+            self.config.health.host,
+            self.config.health.port,
+        )
+        self._settle_interrupted()
+
+        workers = [
+            asyncio.ensure_future(self._register_and_heartbeat()),
+            asyncio.ensure_future(self._inbound_loop()),
+            asyncio.ensure_future(self._commands_loop()),
+            asyncio.ensure_future(self._results_loop()),
+        ]
+        sending = asyncio.ensure_future(self._queue_loop())
+        await self._stop.wait()
+        await self._drain(workers, sending)
+        return 0
+
+    def _settle_interrupted(self) -> None:
+        """A send under way when the relay last stopped may have gone out: report, not retry."""
+        for item in self.queue.interrupted():
+            self.queue.finish(
+                item,
+                "uncertain",
+                "the relay stopped during this send; Messages may have sent it",
+                time.time(),
+            )
+            log.warning("send uncertain: command %s was interrupted by a stop", item["command_id"])
+
+    async def _drain(self, workers: List[asyncio.Future], sending: asyncio.Future) -> None:
+        self.draining = True
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+        # The queue loop stops at its next tick; a send under way gets the bound to finish.
+        try:
+            await asyncio.wait_for(sending, DRAIN_BOUND_S)
+        except asyncio.TimeoutError:
+            log.warning(
+                "drain: a send did not finish within %g s; it will be reported "
+                "uncertain at the next start",
+                DRAIN_BOUND_S,
+            )
+        try:
+            await asyncio.wait_for(self._flush_results(), 2.0)
+        except (asyncio.TimeoutError, BackendError):
+            log.info("drain: results not yet reported are kept for the next start")
+
+        await self.health.stop()
+        await self.backend.close()
+        log.info(
+            "drained: %d command(s) kept in the send queue for the next start", self.queue.depth
+        )
+        self.store.close()
+
+    async def _sleep(self, seconds: float, wake: Optional[asyncio.Event] = None) -> None:
+        """Waits `seconds`, or less when `wake` is set."""
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
+
+    # Registration and heartbeat
+
+    async def _register_and_heartbeat(self) -> None:
+        backoff = Backoff()
+        host = self.config.host or socket.gethostname()
+        while not self.registered:
+            try:
+                answer = await self.backend.register(self.config.shard_id, __version__, host)
+            except BackendError as error:
+                self.registration_detail = f"registration failed: {error}"
+                wait = backoff.take()
+                log.warning("registration failed (%s); retrying in %g s", error, wait)
+                await asyncio.sleep(wait)
+                continue
+            interval = answer.get("heartbeat_interval_s")
+            if isinstance(interval, (int, float)) and interval > 0:
+                self.heartbeat_s = float(interval)
+            self.registered = True
+            self.registration_detail = f"registered, shard state {answer.get('state')}"
+            self._registered_event.set()
+            log.info(
+                "registered as %s (state %s, heartbeat every %g s)",
+                self.config.shard_id,
+                answer.get("state"),
+                self.heartbeat_s,
+            )
+
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            report = self.report()
+            body = {
+                "agent_id": self.config.shard_id,
+                "version": __version__,
+                "status": report["status"],
+                "send_queue": report["send_queue"],
+            }
+            try:
+                await self.backend.heartbeat(body)
+            except BackendError as error:
+                log.warning("heartbeat failed (%s)", error)
+
+    # Inbound
+
+    async def _start_cursor(self) -> int:
+        """The stored cursor; on first start, "now", recorded before anything is read."""
+        backoff = Backoff()
+        while True:
+            cursor = self.store.cursor()
+            if cursor is not None:
+                return cursor
+            try:
+                newest = await asyncio.to_thread(self.chat_db.max_rowid)
+            except ChatDBError as error:
+                log.error("first start: %s", error)
+                await asyncio.sleep(backoff.take())
+                continue
+            self.store.set_cursor(newest)
+            log.info("first start: reading from now on (message row %d); history skipped", newest)
+
+    async def _inbound_loop(self) -> None:
+        await self._registered_event.wait()
+        cursor = await self._start_cursor()
+        backoff = Backoff()
+        unreadable = False
+        while True:
+            try:
+                rows = await asyncio.to_thread(self.chat_db.read_after, cursor, INBOUND_BATCH)
+            except ChatDBError as error:
+                if not unreadable:
+                    log.error("%s", error)
+                unreadable = True
+                await self._sleep(self.config.poll_interval_s, self._inbound_wake)
+                continue
+            unreadable = False
+            if not rows:
+                await self._sleep(self.config.poll_interval_s, self._inbound_wake)
+                continue
+
+            events = [row.event for row in rows if row.event is not None]
+            if not events:
+                cursor = rows[-1].rowid
+                self.store.set_cursor(cursor)
+                continue
+            try:
+                answer = await self.backend.inbound(events)
+            except BackendError as error:
+                wait = backoff.take()
+                log.warning(
+                    "forwarding %d event(s) failed (%s); retrying in %g s", len(events), error, wait
+                )
+                await asyncio.sleep(wait)
+                continue
+            backoff.reset()
+
+            accepted = {guid for guid in answer.get("accepted") or [] if isinstance(guid, str)}
+            # The cursor passes a row only when it and every row before it are settled.
+            advanced = cursor
+            for row in rows:
+                if row.event is not None and row.event["guid"] not in accepted:
+                    break
+                advanced = row.rowid
+            log.info(
+                "batch forwarded: %d event(s), %d accepted, guids %s",
+                len(events),
+                len(accepted),
+                ",".join(event["guid"] for event in events),
+            )
+            if advanced > cursor:
+                cursor = advanced
+                self.store.set_cursor(cursor)
+            self.take_commands(answer.get("commands") or [])
+            if advanced < rows[-1].rowid:
+                wait = backoff.take()
+                log.warning("the backend left some events unaccepted; resending in %g s", wait)
+                await asyncio.sleep(wait)
+
+    # Outbound
+
+    def take_commands(self, commands: List[Any]) -> None:
+        """Puts send commands into the SendQueue; anything else is answered as failed."""
+        now = time.time()
+        for command in commands:
+            if not isinstance(command, dict) or not command.get("id"):
+                log.warning("ignored a command without an id")
+                continue
+            command_id = str(command["id"])
+            if self.draining:
+                return
+            if command.get("type") != "send":
+                self.store.finish(command_id, "failed", "unknown command type", now)
+                log.warning("command %s failed: unknown type", command_id)
+                continue
+            try:
+                outcome = self.queue.enqueue(command, now)
+            except CommandError as error:
+                if not self.store.is_known(command_id):
+                    self.store.finish(command_id, "failed", f"bad command: {error}", now)
+                log.warning("command %s failed: %s", command_id, error)
+                continue
+            if outcome == "queued":
+                log.info("command %s queued (depth %d)", command_id, self.queue.depth)
+            elif outcome == "dropped":
+                log.warning("command %s dropped: the send queue is full", command_id)
+        if self._results_wake is not None:
+            self._results_wake.set()
+
+    async def _commands_loop(self) -> None:
+        await self._registered_event.wait()
+        backoff = Backoff()
+        while True:
+            try:
+                commands = await self.backend.commands(LONG_POLL_WAIT_S)
+            except BackendError as error:
+                wait = backoff.take()
+                log.warning("command poll failed (%s); retrying in %g s", error, wait)
+                await asyncio.sleep(wait)
+                continue
+            backoff.reset()
+            self.take_commands(commands)
+
+    async def _queue_loop(self) -> None:
+        tick_s = self.config.send_queue.tick_ms / 1000.0
+        while not self.draining:
+            now = time.time()
+            for item in self.queue.expired(now):
+                self.queue.finish(
+                    item,
+                    "expired",
+                    f"not sent before it expired ({item['attempts']} attempt(s))",
+                    now,
+                )
+                log.warning("send expired: command %s", item["command_id"])
+                self._results_wake.set()
+
+            item = self.queue.next_due(now)
+            if item is not None and self.limiter.try_acquire():
+                await self._send(item)
+
+            if self.queue.depth > self.config.health.depth_critical:
+                self.depth_high_since = self.depth_high_since or now
+            else:
+                self.depth_high_since = None
+            await asyncio.sleep(tick_s)
+
+    async def _send(self, item: Dict[str, Any]) -> None:
+        command_id = item["command_id"]
+        mode, target = command_target(item["command"])
+        self.queue.start_attempt(item)
+        outcome = await self.sender.send(mode, target, item["bubbles"])
+        now = time.time()
+        if outcome.status == "delivered":
+            self.send_problem = None
+            self.queue.finish(item, "delivered", outcome.detail, now)
+            log.info("send delivered: command %s, guids %s", command_id, ",".join(outcome.guids))
+        elif outcome.status == "uncertain":
+            self.queue.finish(item, "uncertain", outcome.detail, now)
+            log.warning("send uncertain: command %s (%s)", command_id, outcome.detail)
+        else:
+            blocking = outcome.detail.endswith(BLOCKING_SEND_ERRORS)
+            self.send_problem = outcome.detail if blocking else None
+            self.queue.set_remaining(item, outcome.delivered_bubbles)
+            if self.queue.retry_or_fail(item, outcome.detail, now):
+                log.warning(
+                    "send failed: command %s, attempt %d (%s); will retry",
+                    command_id,
+                    item["attempts"],
+                    outcome.detail,
+                )
+                return
+            self.queue.finish(item, "failed", outcome.detail, now)
+            log.warning("send failed: command %s (%s); no retries left", command_id, outcome.detail)
+        self._results_wake.set()
+
+    # Results
+
+    async def _flush_results(self) -> None:
+        for command_id, status, detail in self.store.pending_results():
+            try:
+                await self.backend.result(command_id, status, detail)
+            except BackendError as error:
+                if error.status in (404, 409, 422):
+                    log.warning("result of command %s refused (%s); dropped", command_id, error)
+                    self.store.result_reported(command_id)
+                    continue
+                raise
+            self.store.result_reported(command_id)
+
+    async def _results_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._flush_results()
+                backoff.reset()
+                await self._sleep(5.0, self._results_wake)
+            except BackendError as error:
+                wait = backoff.take()
+                log.warning("reporting results failed (%s); retrying in %g s", error, wait)
+                await asyncio.sleep(wait)

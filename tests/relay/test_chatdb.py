@@ -1,0 +1,120 @@
+"""Reading chat.db: attributedBody, dates, read-only short transactions, older schemas."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+from edge_relay.body import BodyError, decode_attributed_body
+from edge_relay.chatdb import ChatDB, ChatDBError, apple_date_to_iso, message_text
+from relay_support import Messages
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("AttributedBodyTextOnly", "Noter test"),
+        ("AttributedBodyTextOnly2", "Test 3"),
+        ("URL", "https://github.com/ReagentX/Logria"),
+        ("Blank", ""),
+        ("MultiPart", "\ufffctest 1\ufffctest 2 \ufffctest 3"),
+    ],
+)
+def test_real_attributed_bodies_decode_to_their_text(corpus, name, expected):
+    blob = (corpus / "attributed_body" / name).read_bytes()
+    assert decode_attributed_body(blob) == expected
+
+
+def test_multipart_keeps_three_attachment_slots(corpus):
+    text = decode_attributed_body((corpus / "attributed_body" / "MultiPart").read_bytes())
+    assert text.count("\ufffc") == 3
+
+
+def test_a_damaged_body_raises_a_clear_error():
+    with pytest.raises(BodyError, match="not a typedstream archive"):
+        decode_attributed_body(b"\x04\x0bstreamtyped garbage")
+
+
+def test_a_damaged_body_never_crashes_and_logs_only_the_guid(caplog):
+    blob = b"\x04\x0bstreamtyped\x81\xe8\x03\x84\x01@\x84\x84\x84\x08NSString\x01+\x06secret"
+    with caplog.at_level(logging.WARNING):
+        text = message_text("GUID-1", None, blob)
+    assert text == "secret"  # recovered by the fallback scan
+    assert "GUID-1" in caplog.text
+    assert "secret" not in caplog.text
+    assert message_text("GUID-2", None, b"\x00\x01") == ""
+
+
+def test_text_column_wins_over_the_body(corpus):
+    blob = (corpus / "attributed_body" / "AttributedBodyTextOnly").read_bytes()
+    assert message_text("G", "plain", blob) == "plain"
+    assert message_text("G", None, blob) == "Noter test"
+
+
+def test_apple_dates_in_seconds_and_nanoseconds():
+    assert apple_date_to_iso(0) is None
+    assert apple_date_to_iso(None) is None
+    assert apple_date_to_iso(1) == "2001-01-01T00:00:01.000Z"
+    # 2017-07-17 08:00:00 UTC, before macOS 10.13 (seconds) and after (nanoseconds).
+    assert apple_date_to_iso(522000000) == "2017-07-17T16:00:00.000Z"
+    assert apple_date_to_iso(522000000 * 10**9) == "2017-07-17T16:00:00.000Z"
+
+
+def test_reads_see_new_rows_and_never_write(messages: Messages):
+    db = ChatDB(str(messages.path))
+    first = messages.incoming("+15550001111", text="one")
+    rows = db.read_after(0, 10)
+    assert [r.event["guid"] for r in rows] == [first]
+    # A later write through the WAL is visible to the next read: no old snapshot is kept.
+    second = messages.incoming("+15550001111", text="two")
+    rows = db.read_after(rows[-1].rowid, 10)
+    assert [r.event["guid"] for r in rows] == [second]
+    event = rows[0].event
+    assert event["chat_guid"] == "any;-;+15550001111"
+    assert event["handle"] == "+15550001111"
+    assert event["service"] == "iMessage"
+    assert event["is_from_me"] is False
+    assert event["date"].endswith("Z")
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db._connect().execute("DELETE FROM message")
+
+
+def test_reactions_and_own_rows_are_skipped_but_passed(messages: Messages):
+    db = ChatDB(str(messages.path))
+    messages.incoming("+15550001111", text="Loved \u201chi\u201d", associated_type=2000)
+    rows = db.read_after(0, 10)
+    assert len(rows) == 1 and rows[0].event is None
+
+
+def test_an_older_schema_without_newer_columns_is_read(tmp_path):
+    path = tmp_path / "chat.db"
+    conn = sqlite3.connect(str(path))
+    conn.executescript(
+        """
+        CREATE TABLE message (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
+            text TEXT, handle_id INTEGER DEFAULT 0, service TEXT, date INTEGER,
+            is_from_me INTEGER DEFAULT 0);
+        CREATE TABLE handle (ROWID INTEGER PRIMARY KEY AUTOINCREMENT UNIQUE, id TEXT NOT NULL);
+        CREATE TABLE chat (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
+            chat_identifier TEXT);
+        CREATE TABLE chat_message_join (chat_id INTEGER, message_id INTEGER);
+        INSERT INTO handle (id) VALUES ('+15550002222');
+        INSERT INTO message (guid, text, handle_id, service, date) VALUES
+            ('OLD-1', 'hi', 1, 'iMessage', 522000000);
+        """
+    )
+    conn.commit()
+    conn.close()
+    [row] = ChatDB(str(path)).read_after(0, 10)
+    assert row.event["text"] == "hi"
+    assert row.event["date"] == "2017-07-17T16:00:00.000Z"
+    assert row.event["chat_guid"] is None
+
+
+def test_an_unreadable_chat_db_says_what_to_check(tmp_path):
+    db = ChatDB(str(tmp_path / "absent" / "chat.db"))
+    with pytest.raises(ChatDBError, match="Full Disk Access"):
+        db.max_rowid()
+    ok, detail = db.check()
+    assert not ok and "Full Disk Access" in detail
