@@ -473,7 +473,6 @@ def create_app(
 ) -> web.Application:
     backend = Backend(store, settings, clock)
     app = web.Application(middlewares=[json_errors])
-    app["backend"] = backend
     app.router.add_post("/edge/register", backend.register)
     app.router.add_post("/edge/heartbeat", backend.heartbeat)
     app.router.add_post("/edge/inbound", backend.inbound)
