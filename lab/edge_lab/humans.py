@@ -59,15 +59,26 @@ def _handle(handle):
 def gui(action, host_name, short_name):
     host = host_by_name(host_name)
     uid, _, _ = _user(host, short_name)
-    launchd = _module("edge_lab.launchd", "a GUI login") if hosts.is_running(host) else None
+
+    # A running host's launchd opens or closes the gui/<uid> domain (and records it in the
+    # state); a stopped host only remembers the session for its next start.
+    if hosts.is_running(host):
+        launchd = _module("edge_lab.launchd", "a GUI login")
+        try:
+            answer = launchd.request(str(host.launchd_socket), f"gui_{action}", uid=uid)
+        except ConnectionError as error:
+            raise LabError(str(error)) from None
+        if answer.get("status", 0) != 0:
+            raise LabError(
+                f"launchd on {host.name} refused the GUI {action} of {short_name}: "
+                f"{answer.get('err', 'no reason given')}"
+            )
 
     def change(state):
         sessions = [session for session in state["gui_sessions"] if session != uid]
         state["gui_sessions"] = sessions + [uid] if action == "login" else sessions
 
     hoststate.update(host.dir, change)
-    if launchd is not None:
-        launchd.request(str(host.launchd_socket), f"gui_{action}", uid=uid)
     print(
         f"{host.name}: {short_name} (uid {uid}) logged {'in' if action == 'login' else 'out'}"
         " at the GUI"
