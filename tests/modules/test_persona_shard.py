@@ -1,0 +1,321 @@
+"""archety.edge.persona_shard and persona_shard_info against SQLite and PostgreSQL."""
+
+import hashlib
+import os
+import re
+import sqlite3
+import uuid
+
+import pytest
+from ansible_collections.archety.edge.plugins.modules import persona_shard, persona_shard_info
+from conftest import run_module
+
+# The backend's tables as docs/architecture.md ("Backend database") defines them.
+SCHEMA = """
+CREATE TABLE persona_shards(
+  shard_id TEXT PRIMARY KEY, persona TEXT NOT NULL, phone_number TEXT NOT NULL UNIQUE,
+  agent_id TEXT NOT NULL UNIQUE, host TEXT, state TEXT NOT NULL
+    CHECK (state IN ('provisioning','active','retiring','disabled')),
+  capacity INTEGER NOT NULL DEFAULT 150, active_users INTEGER NOT NULL DEFAULT 0,
+  token_hash TEXT, relay_version TEXT, last_seen_at TEXT,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE user_assignments(persona TEXT, handle TEXT,
+  shard_id TEXT REFERENCES persona_shards, assigned_at TEXT, PRIMARY KEY (persona, handle));
+CREATE TABLE edge_commands(id TEXT PRIMARY KEY, shard_id TEXT, payload TEXT, status TEXT,
+  created_at TEXT, leased_at TEXT, finished_at TEXT, detail TEXT);
+CREATE TABLE inbound_events(shard_id TEXT, guid TEXT, received_at TEXT,
+  PRIMARY KEY (shard_id, guid));
+CREATE TABLE canary_checks(id TEXT PRIMARY KEY, shard_id TEXT, handle TEXT, status TEXT,
+  sent_at TEXT, answered_at TEXT, round_trip_ms INTEGER);
+CREATE TABLE edge_schema(version INTEGER);
+"""
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$")
+PG_DSN = os.environ.get("EDGE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def no_runner(argv, data):
+    raise AssertionError("persona_shard runs no command")
+
+
+class SqliteBackend:
+    def __init__(self, path):
+        self.path = str(path)
+        self.dsn = "sqlite://" + self.path
+        with sqlite3.connect(self.path) as conn:
+            conn.executescript(SCHEMA)
+
+    def rows(self, sql, *params):
+        with sqlite3.connect(self.path) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(sql.replace("%s", "?"), params)]
+
+    def run(self, sql, *params):
+        with sqlite3.connect(self.path) as conn:
+            conn.execute(sql.replace("%s", "?"), params)
+
+    def close(self):
+        pass
+
+
+class PostgresBackend:
+    def __init__(self):
+        psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed here")
+        try:
+            self.admin = psycopg.connect(PG_DSN, connect_timeout=3, autocommit=True)
+        except psycopg.OperationalError as err:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"PostgreSQL at {PG_DSN} does not answer under CI: {err}")
+            pytest.skip(f"PostgreSQL at {PG_DSN} does not answer: {err}")
+        # One schema per test keeps tests apart from each other and from other users of `test`.
+        self.schema = "edge_modules_" + uuid.uuid4().hex[:12]
+        self.admin.execute(f"CREATE SCHEMA {self.schema}")
+        self.admin.execute(f"SET search_path TO {self.schema}")
+        self.admin.execute(SCHEMA)
+        self.dsn = f"{PG_DSN}?options=-csearch_path%3D{self.schema}"
+
+    def rows(self, sql, *params):
+        from psycopg.rows import dict_row
+
+        with self.admin.cursor(row_factory=dict_row) as cursor:
+            return cursor.execute(sql, params).fetchall()
+
+    def run(self, sql, *params):
+        self.admin.execute(sql, params)
+
+    def close(self):
+        self.admin.execute(f"DROP SCHEMA {self.schema} CASCADE")
+        self.admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    db = SqliteBackend(tmp_path / "backend.db") if request.param == "sqlite" else PostgresBackend()
+    yield db
+    db.close()
+
+
+def shard(backend, check_mode=False, **args):
+    args["dsn"] = backend.dsn
+    return run_module(persona_shard.main, args, no_runner, check_mode=check_mode, diff=True)
+
+
+def info(backend, **args):
+    args["dsn"] = backend.dsn
+    return run_module(persona_shard_info.main, args, no_runner)
+
+
+def stored(backend, shard_id="sage-01"):
+    rows = backend.rows("SELECT * FROM persona_shards WHERE shard_id = %s", shard_id)
+    return rows[0] if rows else None
+
+
+NEW = {"shard_id": "sage-01", "phone_number": "+15551230001", "host": "mini-01"}
+
+
+def test_creates_row_with_hashed_token_then_rerun_changes_nothing(backend):
+    result = shard(backend, **NEW)
+
+    assert result["changed"] is True
+    token = result["token"]
+    assert token.startswith("edge_") and len(token) > 40
+    row = stored(backend)
+    assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
+    assert row["state"] == "provisioning"
+    assert row["agent_id"] == "sage-01" and row["persona"] == "sage"
+    assert row["capacity"] == 150 and row["active_users"] == 0
+    assert ISO_UTC.match(row["created_at"]) and row["created_at"] == row["updated_at"]
+    assert result["shard"]["host"] == "mini-01"
+    assert "token_hash" not in result["shard"]
+    assert row["token_hash"] not in repr(result)
+    assert result["diff"]["before"] == {}
+    assert any(q.startswith("INSERT INTO persona_shards") for q in result["queries"])
+
+    again = shard(backend, **NEW)
+    assert again["changed"] is False
+    assert "token" not in again
+    assert stored(backend) == row
+
+
+def test_check_mode_reports_the_insert_and_writes_nothing(backend):
+    result = shard(backend, check_mode=True, **NEW)
+    assert result["changed"] is True
+    assert "token" not in result
+    assert result["shard"]["state"] == "provisioning"
+    assert result["queries"][-1].startswith("INSERT INTO persona_shards")
+    assert stored(backend) is None
+
+
+def test_lifecycle_moves_and_refuses_illegal_transitions(backend):
+    shard(backend, **NEW)
+    assert shard(backend, shard_id="sage-01", state="active")["changed"] is True
+    assert stored(backend)["state"] == "active"
+
+    refused = shard(backend, shard_id="sage-01", state="provisioning")
+    assert refused.failed
+    assert refused["msg"] == (
+        "state cannot go from active to provisioning: shard sage-01 in state active can only "
+        "go to retiring or disabled."
+    )
+    assert stored(backend)["state"] == "active"
+
+    for state in ("retiring", "active", "disabled", "provisioning"):
+        assert shard(backend, shard_id="sage-01", state=state)["changed"] is True
+    assert stored(backend)["state"] == "provisioning"
+
+
+def test_new_shard_must_start_in_provisioning(backend):
+    result = shard(backend, state="active", **NEW)
+    assert result.failed
+    assert result["msg"] == (
+        "state cannot go from new to active: a new shard can only go to provisioning."
+    )
+    assert stored(backend) is None
+
+
+def test_diff_shows_the_change_never_the_hash(backend):
+    shard(backend, **NEW)
+    result = shard(backend, shard_id="sage-01", state="active", host="mini-02", capacity=200)
+    assert result["diff"]["before"]["state"] == "provisioning"
+    assert result["diff"]["after"]["state"] == "active"
+    assert result["diff"]["after"]["host"] == "mini-02"
+    assert result["diff"]["after"]["capacity"] == 200
+    assert "token_hash" not in result["diff"]["before"]
+    assert "token_hash" not in result["diff"]["after"]
+
+
+def test_check_mode_update_writes_nothing(backend):
+    shard(backend, **NEW)
+    before = stored(backend)
+    result = shard(backend, check_mode=True, shard_id="sage-01", state="active")
+    assert result["changed"] is True
+    assert result["shard"]["state"] == "active"
+    assert result["queries"][-1].startswith("UPDATE persona_shards SET state = :state")
+    assert stored(backend) == before
+
+
+def test_rotate_token_replaces_the_hash(backend):
+    first = shard(backend, **NEW)["token"]
+    result = shard(backend, shard_id="sage-01", rotate_token=True)
+    assert result["changed"] is True
+    assert result["token"] != first
+    assert stored(backend)["token_hash"] == hashlib.sha256(result["token"].encode()).hexdigest()
+
+
+def test_phone_taken_by_another_shard_is_refused(backend):
+    shard(backend, **NEW)
+    result = shard(backend, shard_id="sage-02", phone_number="+15551230001")
+    assert result.failed
+    assert result["msg"] == (
+        "phone_number +15551230001 is already the number of shard sage-01: each shard has "
+        "its own number. Give this shard another one."
+    )
+    assert stored(backend, "sage-02") is None
+
+
+def test_changing_the_phone_of_a_shard_is_refused(backend):
+    shard(backend, **NEW)
+    result = shard(backend, shard_id="sage-01", phone_number="+15551239999")
+    assert result.failed
+    assert "a shard keeps its number" in result["msg"]
+    assert stored(backend)["phone_number"] == "+15551230001"
+
+
+def test_absent_deletes_the_row_unless_users_are_assigned(backend):
+    shard(backend, **NEW)
+    backend.run(
+        "INSERT INTO user_assignments VALUES (%s, %s, %s, %s)",
+        "sage",
+        "+15557654321",
+        "sage-01",
+        "2026-12-03T12:00:00+00:00",
+    )
+    refused = shard(backend, shard_id="sage-01", state="absent")
+    assert refused.failed
+    assert "still has 1 assigned users" in refused["msg"]
+    assert stored(backend) is not None
+
+    backend.run("DELETE FROM user_assignments")
+    preview = shard(backend, check_mode=True, shard_id="sage-01", state="absent")
+    assert preview["changed"] is True and stored(backend) is not None
+    removed = shard(backend, shard_id="sage-01", state="absent")
+    assert removed["changed"] is True and removed["shard"] == {}
+    assert stored(backend) is None
+    assert shard(backend, shard_id="sage-01", state="absent")["changed"] is False
+
+
+def test_info_filters_and_hides_the_hash(backend):
+    shard(backend, **NEW)
+    shard(backend, shard_id="sage-02", phone_number="+15551230002", host="mini-02")
+    shard(backend, shard_id="wren-01", phone_number="+15551230003", host="mini-01")
+
+    everything = info(backend)
+    assert [row["shard_id"] for row in everything["shards"]] == ["sage-01", "sage-02", "wren-01"]
+    assert all("token_hash" not in row for row in everything["shards"])
+    assert [r["shard_id"] for r in info(backend, persona="sage")["shards"]] == [
+        "sage-01",
+        "sage-02",
+    ]
+    by_host = info(backend, host="mini-01", persona="wren")
+    assert by_host["exists"] is True and by_host["shards"][0]["shard_id"] == "wren-01"
+    nobody = info(backend, phone_number="+15550000000")
+    assert nobody["exists"] is False and nobody["shards"] == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(NEW, phone_number="5550100"), "phone_number '5550100' is not E.164"),
+        (dict(NEW, shard_id="sage-1"), "shard_id 'sage-1' is not <persona>-<NN>"),
+        (dict(NEW, shard_id="sage-00"), "shard_id 'sage-00' is not <persona>-<NN>"),
+        (
+            dict(NEW, persona="wren"),
+            "persona 'wren' does not match shard_id 'sage-01', whose persona is 'sage'",
+        ),
+        (dict(NEW, capacity=0), "capacity 0 must be at least 1."),
+        (dict(NEW, state="paused"), "value of state must be one of"),
+        ({"shard_id": "sage-01"}, "phone_number is required to create shard sage-01."),
+    ],
+)
+def test_bad_input_names_the_field_and_writes_nothing(backend, args, message):
+    result = shard(backend, **args)
+    assert result.failed
+    assert message in result["msg"]
+    assert backend.rows("SELECT * FROM persona_shards") == []
+
+
+def test_missing_table_says_to_run_init_db(tmp_path):
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    result = run_module(persona_shard.main, dict(NEW, dsn=f"sqlite://{path}"), no_runner)
+    assert result.failed
+    assert result["msg"] == (
+        f"table persona_shards not found in the SQLite database {path}: run "
+        "`edge-backend init-db --dsn ...` first."
+    )
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path):
+    path = tmp_path / "nothing.db"
+    result = run_module(persona_shard.main, dict(NEW, dsn=f"sqlite://{path}"), no_runner)
+    assert result.failed
+    assert f"cannot open the SQLite database {path}" in result["msg"]
+    assert not path.exists()
+
+
+def test_unreachable_postgresql_is_a_sentence_without_the_password():
+    pytest.importorskip("psycopg", reason="psycopg is not installed here")
+    # Port 9 (discard) on loopback: nothing listens there, the connection is refused at once.
+    dsn = "postgresql://edge:hunter2@127.0.0.1:9/backend"
+    result = run_module(persona_shard_info.main, {"dsn": dsn}, no_runner)
+    assert result.failed
+    assert result["msg"].startswith(
+        "cannot connect to the PostgreSQL database backend on 127.0.0.1:9 as edge:"
+    )
+    assert "hunter2" not in repr(result)
+    assert "Traceback" not in result["msg"]
+
+
+def test_dsn_of_unknown_kind_is_refused():
+    result = run_module(persona_shard_info.main, {"dsn": "mysql://x@127.0.0.1/db"}, no_runner)
+    assert result.failed
+    assert "dsn is neither sqlite:///absolute/path.db nor postgresql://" in result["msg"]
