@@ -112,6 +112,13 @@ def test_python3_is_39_for_every_user(lab):
     assert uid == "501"
 
 
+def test_wheelhouse_is_visible_read_only(lab):
+    listed = in_host(lab, "mini-02", "ls", "/private/var/edge-lab/wheelhouse")
+    assert any(name.startswith("aiohttp-") for name in listed.stdout.split())
+    write = in_host(lab, "mini-02", "touch", "/private/var/edge-lab/wheelhouse/x")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
 def test_stand_ins_sit_where_macos_has_them(lab):
     for path in (
         "/usr/sbin/sysadminctl",
