@@ -1,14 +1,14 @@
 """Shared set-up for the stand-in tests: a temporary host root and a way to run a stand-in
 as the command it replaces (its own process, so exit status and streams are real)."""
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = REPO / "lab"
@@ -57,11 +57,14 @@ def make_root() -> Path:
     return root
 
 
-@pytest.fixture
-def host_root():
+@contextlib.contextmanager
+def standin_root():
+    """A fresh host root, removed afterwards (each test file's host_root fixture)."""
     root = make_root()
-    yield root
-    shutil.rmtree(root)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
 
 
 def run_standin(root, module, *args, stdin=None, as_nobody=False):
@@ -103,3 +106,14 @@ def shadow_hash(root, name) -> str:
         if fields[0] == name:
             return fields[1]
     raise AssertionError(f"shadow line for {name} missing")
+
+
+def write_state(root, **state):
+    """The host's state file, as the lab's person-only commands leave it."""
+    path = Path(root) / "private/var/db/edge-lab/state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state))
+
+
+def read_state(root):
+    return json.loads((Path(root) / "private/var/db/edge-lab/state.json").read_text())

@@ -371,19 +371,27 @@ def load_state(root: Path) -> Dict[str, object]:
     return state
 
 
-@contextlib.contextmanager
-def edit_state(root: Path) -> Iterator[Dict[str, object]]:
-    """The raw state file under an exclusive lock, written back atomically afterwards."""
+def update_state(root: Path, change) -> None:
+    """Apply ``change`` (which edits the state dictionary in place) under the state lock.
+
+    The lab's ``edge_lab.hoststate.update`` is used when it is there, so the stand-ins and
+    the lab's commands take the same lock; otherwise the same protocol is followed here:
+    ``flock`` on the sibling ``state.json.lock``, then an atomic replace.
+    """
+    try:
+        from edge_lab import hoststate
+    except ImportError:
+        hoststate = None
+    if hoststate is not None and hasattr(hoststate, "update"):
+        hoststate.update(root, change)
+        return
     path = state_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path) + ".lock", "a") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            try:
-                state = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                state = {}
-            yield state
-            write_json_atomic(path, state)
-        finally:
-            fcntl.lockf(lock, fcntl.LOCK_UN)
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            state = {}
+        change(state)
+        write_json_atomic(path, state)

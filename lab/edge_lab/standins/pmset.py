@@ -93,9 +93,13 @@ def change(source: str, pairs: List[str]) -> int:
         raise StandinError("Error: must be run as root", 1)
     if source == "-b":
         return 0
-    with _common.edit_state(_common.lab_root()) as state:
-        stored = state.setdefault("pmset", {})
+
+    def apply(state):
+        stored = dict(state.get("pmset") or {})
         stored.update(changes)
+        state["pmset"] = stored
+
+    _common.update_state(_common.lab_root(), apply)
     return 0
 
 
