@@ -1,0 +1,128 @@
+"""chat.db as the lab builds and writes it: Messages' tables, and rows as Messages writes them."""
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from edge_lab import messages
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO.parent / "shared/corpus/imessage"
+needs_corpus = pytest.mark.skipif(
+    not CORPUS.is_dir(), reason=f"real Messages data not present at {CORPUS}"
+)
+USER_UID = 60123
+PHONE = "+15551230001"
+
+
+def _columns(conn):
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {
+        t: [(c[1], c[2], c[3], c[4], c[5]) for c in conn.execute(f"PRAGMA table_info({t})")]
+        for t in tables
+        if t != "sqlite_sequence"
+    }
+
+
+@pytest.fixture
+def chat_db(tmp_path):
+    return messages.create_chat_db(tmp_path / "Messages/chat.db", USER_UID, 20)
+
+
+@needs_corpus
+def test_create_chat_db_has_exactly_messages_tables_and_columns(chat_db):
+    reference = sqlite3.connect(":memory:")
+    reference.executescript((CORPUS / "chat_db_schema.sql").read_text())
+    conn = sqlite3.connect(chat_db)
+
+    assert _columns(conn) == _columns(reference)
+    assert "attributedBody" in [c[0] for c in _columns(conn)["message"]]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    st = chat_db.stat()
+    assert (st.st_uid, st.st_gid) == (USER_UID, 20)
+
+
+def test_create_chat_db_keeps_an_existing_database(chat_db):
+    guid = messages.add_incoming(chat_db, sender="+15551230002", text="hi", account_phone=PHONE)
+
+    messages.create_chat_db(chat_db, USER_UID, 20)
+
+    assert messages.message(chat_db, guid)["text"] == "hi"
+
+
+def test_a_missing_database_is_reported_not_created(tmp_path):
+    missing = tmp_path / "nowhere/chat.db"
+    with pytest.raises(FileNotFoundError, match="sign the user in to iMessage"):
+        messages.outgoing_after(missing, 0)
+    assert not missing.exists()
+
+
+@needs_corpus
+def test_incoming_with_an_attributed_body_has_null_text(chat_db):
+    body = (CORPUS / "attributed_body/AttributedBodyTextOnly").read_bytes()
+
+    guid = messages.add_incoming(
+        chat_db, sender="+15551230002", text="ignored", account_phone=PHONE, attributed_body=body
+    )
+
+    row = messages.message(chat_db, guid)
+    assert row["text"] is None and row["attributed_body"] == body
+    assert row["is_from_me"] == 0 and row["handle"] == "+15551230002"
+    assert row["chat_guid"] == "any;-;+15551230002" and row["account"] == f"p:{PHONE}"
+
+
+def test_incoming_and_outgoing_share_the_direct_chat(chat_db):
+    messages.add_incoming(chat_db, sender="+15551230002", text="hello", account_phone=PHONE)
+    out = messages.add_outgoing(
+        chat_db, target="any;-;+15551230002", mode="chat", text="hi back", account_phone=PHONE
+    )
+
+    conn = sqlite3.connect(chat_db)
+    assert conn.execute("SELECT COUNT(*) FROM chat").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM handle").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM chat_message_join").fetchone()[0] == 2
+    row = messages.message(chat_db, out)
+    assert (row["is_from_me"], row["is_sent"], row["handle"]) == (1, 0, "+15551230002")
+    assert [r["text"] for r in messages.incoming_after(chat_db, 0)] == ["hello"]
+
+
+def test_unknown_chat_is_refused_and_writes_nothing(chat_db):
+    with pytest.raises(messages.ChatNotFound):
+        messages.add_outgoing(
+            chat_db, target="any;-;+15550000000", mode="chat", text="x", account_phone=PHONE
+        )
+    with pytest.raises(ValueError, match="not 'chat' or 'handle'"):
+        messages.add_outgoing(chat_db, target="x", mode="group", text="x", account_phone=PHONE)
+    assert messages.max_rowid(chat_db) == 0
+
+
+def test_mark_sent_records_delivery_or_failure(chat_db):
+    sent = messages.add_outgoing(
+        chat_db, target="+15551230002", mode="handle", text="a", account_phone=PHONE
+    )
+    failed = messages.add_outgoing(
+        chat_db, target="+15551230002", mode="handle", text="b", account_phone=PHONE
+    )
+
+    messages.mark_sent(chat_db, sent)
+    messages.mark_sent(chat_db, failed, error=messages.SEND_FAILED_ERROR)
+
+    a, b = messages.outgoing_after(chat_db, 0)
+    assert (a["is_sent"], a["is_delivered"], a["error"]) == (1, 1, 0)
+    assert a["date_delivered"] >= a["date"] > 0
+    assert (b["is_sent"], b["error"]) == (0, 22)
+    with pytest.raises(LookupError, match="no outgoing message"):
+        messages.mark_sent(chat_db, "NOT-A-GUID")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root writes another user's database")
+def test_root_writes_leave_the_wal_files_to_the_owner(chat_db):
+    conn = messages.connect(chat_db)  # a reader holding the database open keeps the WAL
+    conn.execute("SELECT 1 FROM message").fetchall()
+    messages.add_incoming(chat_db, sender="+15551230002", text="x", account_phone=PHONE)
+
+    for suffix in ("-wal", "-shm"):
+        st = Path(str(chat_db) + suffix).stat()
+        assert (st.st_uid, st.st_gid) == (USER_UID, 20)
+    conn.close()
