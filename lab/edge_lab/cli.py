@@ -7,9 +7,21 @@ import sys
 from . import humans, lab
 from .layout import LabError, host_by_name, lab_dir
 
+ENVIRONMENT = """environment (defaults suit one lab per machine; tests set them to run beside it):
+  EDGE_LAB_DIR            the lab's files (default: .lab at the repository root)
+  EDGE_LAB_INVENTORY      where up writes hosts.yml (default: inventories/lab)
+  EDGE_LAB_NET            the hosts' addresses, NET.1, NET.2, ... (default: 127.0.1)
+  EDGE_LAB_BACKEND_PORT   the reference backend's port on 127.0.0.1 (default: 8787)
+"""
+
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="edge-lab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="edge-lab",
+        description=__doc__,
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="start the hosts, backend and carrier")

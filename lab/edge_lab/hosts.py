@@ -358,12 +358,16 @@ def wait_ready(host, ssh_command, timeout=SSH_WAIT_S):
 
 
 def stop(host, timeout=10):
-    """Stop the host: its init ends every process of the namespace. Returns the pid ns."""
+    """Stop the host: its init ends every process of the namespace.
+
+    Returns the PID namespace of a host that was running, None for one that was not.
+    """
     record = read_record(host)
     if not record:
         return None
     init_pid = record["init_pid"]
-    if is_running(host):
+    running = is_running(host)
+    if running:
         os.kill(init_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _alive(init_pid) and time.monotonic() < deadline:
@@ -374,7 +378,7 @@ def stop(host, timeout=10):
     while (_alive(init_pid) or _alive(record["unshare_pid"])) and time.monotonic() < deadline:
         time.sleep(0.05)
     host.record.unlink(missing_ok=True)
-    return record["pid_ns"]
+    return record["pid_ns"] if running else None
 
 
 def processes_in(pid_namespaces):

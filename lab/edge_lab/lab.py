@@ -385,13 +385,16 @@ def down(purge=False):
         if pid_ns:
             namespaces.add(pid_ns)
             print(f"{host.name}  stopped")
-    leftovers = []
+    leftovers, stopped = [], bool(namespaces)
     for name in ("carrier", "backend"):
         pid = Service(lab, name).stop()
         if pid is not None:
+            stopped = True
             print(f"{name}  stopped")
             if _start_time(pid) is not None:
                 leftovers.append(pid)
+    if not stopped:
+        print("nothing of the lab was running")
     leftovers += hosts.processes_in(namespaces)
     if leftovers:
         raise LabError(
