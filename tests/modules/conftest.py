@@ -48,6 +48,11 @@ class ModuleResult(dict):
     def failed(self):
         return bool(self.get("failed"))
 
+    @property
+    def warning_texts(self):
+        """module.warn messages: plain strings before ansible-core 2.19, summaries since."""
+        return [w["event"]["msg"] if isinstance(w, dict) else w for w in self.get("warnings", [])]
+
 
 def run_module(main, args, runner, check_mode=False, diff=False):
     """Run a module's main() the way Ansible would, with macOS's commands answered by runner.

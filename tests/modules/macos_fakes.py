@@ -29,13 +29,13 @@ class FakeDirectory:
         self.sysadminctl_refuses = None
         self.next_uid = 502
 
-    def add(self, name, uid, full_name, shell="/bin/zsh", hidden=False, admin=False):
+    def add(self, name, uid, full_name, shell="/bin/zsh", hidden=False, admin=False, home=None):
         self.users[name] = {
             "uid": uid,
             "gid": 20,
             "full_name": full_name,
             "shell": shell,
-            "home": f"/Users/{name}",
+            "home": home or f"/Users/{name}",
             "hidden": "1" if hidden else None,
         }
         if admin:
