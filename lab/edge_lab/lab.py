@@ -173,6 +173,16 @@ def ensure_wheelhouse(lab):
 # ---------------------------------------------------------------- inventory
 
 
+def shard_user_password(lab):
+    """The password the lab's shard users get, made once per lab and kept in a 0600 file."""
+    path = lab / "shard-user-password"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18))
+    return path.read_text().strip()
+
+
 def write_inventory(lab, all_hosts):
     folder = inventory_dir()
     (folder / "group_vars").mkdir(parents=True, exist_ok=True)
@@ -198,6 +208,10 @@ def write_inventory(lab, all_hosts):
         "edge_backend_admin_token_file": str(lab / "admin-token"),
         "edge_canary_handle": CANARY_HANDLE,
         "edge_relay_pip_find_links": "/private/var/edge-lab/wheelhouse",
+        # Lab hints in the playbooks' instructions, and the shard users' login password (a
+        # real fleet keeps it in Ansible Vault; the lab makes one and keeps it in the lab).
+        "edge_lab": True,
+        "edge_shard_user_password": shard_user_password(lab),
     }
     (folder / "group_vars/all.yml").write_text(header + yaml.safe_dump(group_vars, sort_keys=False))
 
