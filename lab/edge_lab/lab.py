@@ -204,7 +204,7 @@ def write_inventory(lab, all_hosts):
     (folder / "hosts.yml").write_text(header + yaml.safe_dump(inventory, sort_keys=False))
     group_vars = {
         "edge_backend_url": f"http://127.0.0.1:{backend_port()}",
-        "edge_backend_dsn": f"sqlite:///{lab / 'backend.db'}",
+        "edge_backend_dsn": f"sqlite://{lab / 'backend.db'}",
         "edge_backend_admin_token_file": str(lab / "admin-token"),
         "edge_canary_handle": CANARY_HANDLE,
         "edge_relay_pip_find_links": "/private/var/edge-lab/wheelhouse",
@@ -288,7 +288,7 @@ def _start_backend(lab):
             str(backend_executable()),
             "serve",
             "--dsn",
-            f"sqlite:///{lab / 'backend.db'}",
+            f"sqlite://{lab / 'backend.db'}",
             "--host",
             "127.0.0.1",
             "--port",
