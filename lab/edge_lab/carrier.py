@@ -45,8 +45,8 @@ class Carrier:
         self.lab_dir = Path(lab_dir)
         self.position_file = self.lab_dir / "carrier.json"
         self.positions: Dict[str, int] = self._load_positions()
-        # Canary answers waiting for their time: (due, sender db, phone, text, rowid).
-        self.pending: List[Tuple[float, Path, str, str, int]] = []
+        # Canary answers waiting for their time: (due, sender db, phone, text, rowid, guid).
+        self.pending: List[Tuple[float, Path, str, str, int, str]] = []
         self.stopping = threading.Event()
 
     def _load_positions(self) -> Dict[str, int]:
@@ -96,7 +96,7 @@ class Carrier:
     def _carry_from(self, chat_db: Path, sender_phone: Optional[str], phones) -> None:
         key = self._key(chat_db)
         position = self.positions.get(key, 0)
-        held = {rowid for _, db, _, _, rowid in self.pending if db == chat_db}
+        held = [entry for entry in self.pending if entry[1] == chat_db]
         if held:
             # Canary answers still waiting: the position stays before them.
             return
@@ -130,7 +130,8 @@ class Carrier:
         for handle in recipients:
             if handle == CANARY_HANDLE:
                 due = time.monotonic() + CANARY_DELAY_S
-                self.pending.append((due, chat_db, sender_phone, "ack " + text, row["rowid"]))
+                answer = "ack " + text
+                self.pending.append((due, chat_db, sender_phone, answer, row["rowid"], row["guid"]))
                 waiting = True
             elif handle in phones and phones[handle].exists():
                 guid = messages.add_incoming(
@@ -149,7 +150,7 @@ class Carrier:
         now = time.monotonic()
         due = [p for p in self.pending if p[0] <= now]
         for entry in due:
-            _, chat_db, phone, text, rowid = entry
+            _, chat_db, phone, text, rowid, sent_guid = entry
             self.pending.remove(entry)
             key = self._key(chat_db)
             try:
@@ -161,7 +162,7 @@ class Carrier:
                 continue
             self.positions[key] = max(self.positions.get(key, 0), rowid)
             self._save_positions()
-            log.info("canary answered %s (row %d) with %s", phone, rowid, guid)
+            log.info("canary answered %s from %s as %s", sent_guid, phone, guid)
 
     def run(self) -> None:
         log.info("carrier started on %s", self.lab_dir)

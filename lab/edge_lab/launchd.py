@@ -181,6 +181,22 @@ def record_sessions(root: Path, uids: List[int]) -> None:
 # --- jobs -------------------------------------------------------------------------------
 
 
+# The keys this launchd acts on, with the type launchd.plist(5) gives them.
+PLIST_TYPES = (
+    ("Program", str, "a string"),
+    ("UserName", str, "a string"),
+    ("GroupName", str, "a string"),
+    ("WorkingDirectory", str, "a string"),
+    ("StandardOutPath", str, "a string"),
+    ("StandardErrorPath", str, "a string"),
+    ("RunAtLoad", bool, "a boolean"),
+    ("KeepAlive", (bool, dict), "a boolean or a dictionary"),
+    ("ThrottleInterval", int, "an integer"),
+    ("ExitTimeOut", int, "an integer"),
+    ("EnvironmentVariables", dict, "a dictionary"),
+)
+
+
 def check_plist_file(path: Path, allowed_owner: int) -> Dict[str, Any]:
     """Read a job's plist as launchd would, refusing what launchd refuses."""
     try:
@@ -217,6 +233,13 @@ def check_plist_file(path: Path, allowed_owner: int) -> Dict[str, Any]:
             f"{path}: plist names no Program or ProgramArguments\n"
             "Bootstrap failed: 5: Input/output error",
         )
+    for key, kind, what in PLIST_TYPES:
+        if key in plist and not isinstance(plist[key], kind):
+            raise RequestError(
+                5,
+                f"{path}: {key} must be {what}; check it with plutil -lint\n"
+                "Bootstrap failed: 5: Input/output error",
+            )
     return plist
 
 
@@ -803,6 +826,9 @@ class Launchd:
             return {"status": exc.status, "err": exc.err}
         except TypeError as exc:
             return {"status": 64, "err": f"bad arguments for {op}: {exc}"}
+        except Exception as exc:  # one bad request must not take the host's launchd down
+            log.exception("request %s failed", op)
+            return {"status": 1, "err": f"launchd could not complete {op}: {exc}"}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")

@@ -346,3 +346,46 @@ def test_bootout_by_plist_path_and_list(host):
 
     assert host.launchctl("bootout", f"gui/{USER_UID}", str(path)).returncode == 0
     wait_until(lambda: host.launchctl("print", f"gui/{USER_UID}/com.test.path").returncode == 113)
+
+
+def test_a_job_ignoring_sigterm_is_killed_after_exit_timeout(host):
+    host.request("gui_login", uid=USER_UID)
+    script = "trap '' TERM; while :; do sleep 0.1; done"
+    path = host.plist("com.test.stubborn", ["/bin/sh", "-c", script], RunAtLoad=True, ExitTimeOut=1)
+    assert host.launchctl("bootstrap", f"gui/{USER_UID}", str(path)).returncode == 0
+    wait_until(lambda: host.service("com.test.stubborn")["pid"])
+    time.sleep(0.3)  # let the shell install its trap
+
+    started = time.monotonic()
+    assert host.launchctl("bootout", f"gui/{USER_UID}/com.test.stubborn").returncode == 0
+    wait_until(lambda: host.service("com.test.stubborn") is None, timeout=5)
+
+    assert 0.9 <= time.monotonic() - started < 4
+
+
+def test_keepalive_successful_exit_false_restarts_only_failures(host):
+    runs = host.logs / "runs"
+    # Fails on its first run, succeeds on the second: launchd restarts it once.
+    script = f"echo run >> {runs}; [ $(wc -l < {runs}) -ge 2 ]"
+    host.plist(
+        "com.test.retry",
+        ["/bin/sh", "-c", script],
+        KeepAlive={"SuccessfulExit": False},
+        ThrottleInterval=1,
+    )
+    host.request("gui_login", uid=USER_UID)
+
+    wait_until(lambda: host.service("com.test.retry")["last_exit"] == 0)
+    time.sleep(1.5)
+    service = host.service("com.test.retry")
+    assert service["runs"] == 2 and service["state"] == "not running"
+
+
+def test_a_plist_key_of_the_wrong_type_is_refused(host):
+    host.request("gui_login", uid=USER_UID)
+    path = host.plist("com.test.types", ["/bin/sleep", "1"], ThrottleInterval="ten")
+
+    result = host.launchctl("bootstrap", f"gui/{USER_UID}", str(path))
+
+    assert result.returncode == 5
+    assert "ThrottleInterval must be an integer" in result.stderr
