@@ -16,7 +16,7 @@ options:
 requirements:
   - psycopg 3 (Python package C(psycopg)) for C(postgresql://) DSNs, on the host the module runs on.
 notes:
-  - Runs where the database is reachable, normally the controller (C(delegate_to: localhost)).
+  - Runs where the database is reachable, normally the controller, with C(delegate_to) C(localhost).
   - The tables belong to C(edge-backend), which creates and migrates them
     (C(edge-backend init-db --dsn ...)); the module never creates a table.
   - An SQLite database must already exist; the module does not create the file.

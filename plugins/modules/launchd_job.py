@@ -70,7 +70,7 @@ notes:
     reloaded once, since the module cannot know which plist it was loaded from.
   - The output of C(launchctl print) is not a stable format; only the C(state), C(pid) and
     C(last exit code) lines of the job are read.
-  - Must run as root (C(become: true)).
+  - Must run as root, with C(become).
 """
 
 EXAMPLES = r"""

@@ -41,7 +41,8 @@ notes:
     for SSH); when a database cannot be read the fact is null and a warning says why.
   - A grant is reported only when it is switched on (C(auth_value) 2); a grant switched off
     in System Settings, or never asked for, is V(false).
-  - Must run as root (C(become: true)) to read the system TCC database and other users' files.
+  - Must run as root, with C(become), to read the system TCC database and other users'
+    files.
 """
 
 EXAMPLES = r"""

@@ -67,14 +67,14 @@ attributes:
     platforms: darwin
 notes:
   - C(sysadminctl) exits 0 on many failures; the module reads the record back with
-    C(dscl) after every create or delete and fails with C(sysadminctl)'s error output
-    when the record is not as expected.
+    C(dscl) after every create or delete and fails with the error output of
+    C(sysadminctl) when the record is not as expected.
   - The password of an existing user is never compared or changed.
   - The home folder is always C(/Users/NAME); a user whose record points elsewhere is
     reported as it is, not moved.
   - A user created this way has no Secure Token; FileVault unlock by this user is
     not set up.
-  - Must run as root (C(become: true)).
+  - Must run as root, with C(become).
 """
 
 EXAMPLES = r"""

@@ -6,7 +6,7 @@ DOCUMENTATION = r"""
 module: persona_shard
 short_description: Add, change or remove a shard's row in the backend's persona_shards table
 description:
-  - Writes one row of the backend's C(persona_shards) table directly through a DSN: the
+  - Writes one row of the backend's C(persona_shards) table directly through a DSN, with the
     shard's persona, phone number, agent id, host, capacity and state.
   - Creating a row makes the shard's backend token, stores only its SHA-256 hex digest in
     C(token_hash) and returns the token once, as RV(token). O(rotate_token=true) makes a new one.
@@ -31,7 +31,7 @@ options:
   phone_number:
     description:
       - The shard's phone number in E.164 (C(+) and 8 to 15 digits). Required to create the
-        row. A shard keeps its number: changing it on an existing row is refused.
+        row. A shard keeps its number; changing it on an existing row is refused.
     type: str
   agent_id:
     description: The agent id the relay reports. Defaults to O(shard_id) for a new row.
@@ -60,7 +60,7 @@ attributes:
     support: full
 notes:
   - The result holds the shard's token when it was made (row created or token rotated).
-    Run the task with C(no_log: true) and store the token where the relay reads it; it cannot
+    Run the task with C(no_log) set to true and store the token where the relay reads it; it cannot
     be read back later, only rotated.
   - A row with user assignments cannot be removed; move the users to other shards first.
   - RV(queries) lists the statements with their placeholders, never the values.
