@@ -20,6 +20,7 @@ import psycopg
 from aiohttp import web
 
 from edge_backend import __version__
+from edge_backend.db import DsnError
 from edge_backend.schema import SCHEMA_VERSION
 from edge_backend.store import RESULT_STATES, Conflict, NotFound, Store, iso
 from edge_backend.tokens import hash_token
@@ -459,9 +460,18 @@ async def json_errors(request: web.Request, handler: Callable) -> web.StreamResp
         elif exc.status == 413:
             sentence = "the request body is too large; send smaller batches"
         return error(exc.status, sentence)
-    except (sqlite3.OperationalError, psycopg.OperationalError):
-        log.exception("database unavailable during %s %s", request.method, request.path)
+    except (sqlite3.OperationalError, psycopg.OperationalError, DsnError) as exc:
+        # The reason names the database, never a request's data.
+        log.error(
+            "database unavailable during %s %s: %s",
+            request.method,
+            request.path,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
         return error(503, "the backend database is unavailable; try again later")
+    except Exception:
+        log.exception("failed on %s %s", request.method, request.path)
+        return error(500, "the backend failed on this request; its log says why")
 
 
 def error(status: int, sentence: str) -> web.Response:

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import time
 
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.asyncio
@@ -304,3 +305,30 @@ async def test_result_with_unknown_status_is_400(backend, shards, message_event)
     )
     assert status == 400
     assert "delivered" in body["error"]
+
+
+async def test_lost_database_connection_is_503_then_recovers(start_backend, shards, dsn):
+    if not dsn.startswith("postgresql"):
+        pytest.skip("only a PostgreSQL connection can be cut from outside the backend")
+    backend = await start_backend()
+    token = shards.add("sage-01")
+    assert await backend.poll(token) == []
+
+    # The test's helper shares the backend's connection; cut it from another one.
+    (row,) = shards.query("SELECT pg_backend_pid() AS pid")
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (row["pid"],))
+        for _ in range(50):
+            gone = (
+                other.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (row["pid"],)
+                ).fetchone()[0]
+                == 0
+            )
+            if gone:
+                break
+            await asyncio.sleep(0.1)
+    status, body = await backend.call("GET", "/edge/commands", token)
+    assert status == 503
+    assert "unavailable" in body["error"]
+    assert await backend.poll(token) == []
