@@ -101,10 +101,11 @@ class Messages:
         body: Optional[bytes] = None,
         date: Optional[int] = None,
         associated_type: int = 0,
+        join: bool = True,
     ) -> str:
         guid = str(uuid.uuid4()).upper()
         chat_guid = self.chat(handle_id)
-        rowid = self._write(
+        self._write(
             "INSERT INTO message (guid, text, attributedBody, handle_id, service, date, "
             "is_from_me, associated_message_type) VALUES (?, ?, ?, ?, 'iMessage', ?, 0, ?)",
             (
@@ -116,12 +117,17 @@ class Messages:
                 associated_type,
             ),
         )
+        if join:
+            self.join(guid, chat_guid)
+        return guid
+
+    def join(self, guid: str, chat_guid: str) -> None:
+        """Files the message in its chat (Messages may do it after writing the message)."""
         self._write(
             "INSERT INTO chat_message_join (chat_id, message_id) "
-            "SELECT ROWID, ? FROM chat WHERE guid = ?",
-            (rowid, chat_guid),
+            "SELECT c.ROWID, m.ROWID FROM chat c, message m WHERE c.guid = ? AND m.guid = ?",
+            (chat_guid, guid),
         )
-        return guid
 
     def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
         conn = sqlite3.connect(str(self.path))

@@ -43,7 +43,8 @@ def test_a_damaged_body_never_crashes_and_logs_only_the_guid(caplog):
     assert text == "secret"  # recovered by the fallback scan
     assert "GUID-1" in caplog.text
     assert "secret" not in caplog.text
-    assert message_text("GUID-2", None, b"\x00\x01") == ""
+    assert message_text("GUID-2", None, b"\x00\x01") is None  # the contract's "no body"
+    assert message_text("GUID-3", None, None) is None
 
 
 def test_text_column_wins_over_the_body(corpus):

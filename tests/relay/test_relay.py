@@ -99,6 +99,41 @@ async def test_backend_down_then_up_loses_nothing(settings, backend, messages):
         )
 
 
+async def test_a_message_waits_for_its_chat_then_goes_in_order(
+    settings, backend, messages, monkeypatch
+):
+    from edge_relay import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "INCOMPLETE_WAIT_S", 1.0)
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.2)
+        late = messages.incoming(HANDLE, text="filed late", join=False)
+        after = messages.incoming(HANDLE, text="after")
+        await asyncio.sleep(0.3)
+        assert backend.events() == []  # nothing passes the message still being written
+        messages.join(late, CHAT)
+        await wait_for(lambda: len(backend.events()) == 2, what="both messages")
+        orphan = messages.incoming(HANDLE, text="never filed", join=False)
+        last = messages.incoming(HANDLE, text="last")
+        await wait_for(lambda: len(backend.events()) == 3, what="the message after the orphan")
+    guids = [e["guid"] for e in backend.events()]
+    assert guids == [late, after, last]
+    assert backend.events()[0]["chat_guid"] == CHAT
+    assert orphan not in guids
+
+
+async def test_events_always_meet_the_contract(settings, backend, messages):
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.2)
+        messages.incoming(HANDLE, text=None, body=None, date=0)
+        await wait_for(lambda: backend.events(), what="the event")
+    [event] = backend.events()
+    assert event["text"] is None
+    assert event["date"].endswith("Z")  # unset in chat.db: the time it was read
+    for key in ("guid", "chat_guid", "handle", "service"):
+        assert isinstance(event[key], str) and event[key]
+
+
 def send_command(command_id: str, *bubbles: str, **target) -> dict:
     command = {"id": command_id, "type": "send", "bubbles": list(bubbles)}
     command.update(target or {"chat_guid": CHAT})

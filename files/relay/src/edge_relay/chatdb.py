@@ -37,6 +37,11 @@ class InboundRow:
     rowid: int
     event: Optional[Dict[str, object]]
 
+    @property
+    def complete(self) -> bool:
+        """Whether the event names its chat and handle (Messages may write the join later)."""
+        return self.event is None or bool(self.event["chat_guid"] and self.event["handle"])
+
 
 @dataclass(frozen=True)
 class OutgoingRow:
@@ -83,12 +88,16 @@ def _scan_archived_string(blob: bytes) -> Optional[str]:
     return raw.decode("utf-8", errors="replace")
 
 
-def message_text(guid: str, text: Optional[str], body: Optional[bytes]) -> str:
-    """The text of a row: `text`, else the string archived in `attributedBody`, else ''."""
+def message_text(guid: str, text: Optional[str], body: Optional[bytes]) -> Optional[str]:
+    """The text of a row: `text`, else the string archived in `attributedBody`.
+
+    None when neither can be read (the contract's "no body"); a damaged body is logged by guid
+    only, never with its content.
+    """
     if text is not None:
         return text
     if not body:
-        return ""
+        return None
     try:
         return decode_attributed_body(body)
     except BodyError as error:
@@ -96,8 +105,9 @@ def message_text(guid: str, text: Optional[str], body: Optional[bytes]) -> str:
             scanned = _scan_archived_string(bytes(body))
         except (struct.error, IndexError):
             scanned = None
-        log.warning("message %s: attributedBody not decoded (%s); using fallback", guid, error)
-        return scanned if scanned is not None else ""
+        outcome = "recovered by a byte scan" if scanned is not None else "sent without text"
+        log.warning("message %s: attributedBody not decoded (%s); %s", guid, error, outcome)
+        return scanned
 
 
 class ChatDB:
@@ -156,15 +166,21 @@ class ChatDB:
         def col(name: str, default: str = "NULL") -> str:
             return f"m.{name}" if name in columns else default
 
+        chat_columns = {row[1] for row in conn.execute("PRAGMA table_info(chat)")}
+        service = col("service")
+        if "service_name" in chat_columns:
+            service = f"COALESCE({service}, c.service_name)"
         sql = f"""
             SELECT m.ROWID, m.guid, {col("text")}, {col("attributedBody")},
                    {col("date")}, {col("is_from_me", "0")},
                    {col("associated_message_type", "0")}, {col("item_type", "0")},
-                   {col("service")}, h.id,
-                   (SELECT c.guid FROM chat_message_join j JOIN chat c ON c.ROWID = j.chat_id
-                     WHERE j.message_id = m.ROWID ORDER BY c.ROWID LIMIT 1)
+                   {service}, h.id,
+                   c.guid
               FROM message m
               LEFT JOIN handle h ON h.ROWID = {col("handle_id", "0")}
+              LEFT JOIN chat c ON c.ROWID = (
+                    SELECT j.chat_id FROM chat_message_join j
+                     WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)
              WHERE m.ROWID > ?
              ORDER BY m.ROWID
              LIMIT ?"""
@@ -192,9 +208,13 @@ class ChatDB:
                 "chat_guid": chat_guid,
                 "handle": handle,
                 "text": message_text(guid, text, body),
-                "date": apple_date_to_iso(date),
+                # A date Messages left unset (0) is replaced by the time the row was read.
+                "date": apple_date_to_iso(date)
+                or datetime.now(timezone.utc)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
                 "is_from_me": False,
-                "service": service,
+                "service": service or "unknown",
             }
             rows.append(InboundRow(row_id, event))
         return rows

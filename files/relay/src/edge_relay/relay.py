@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from edge_relay import __version__
 from edge_relay.backend import Backend, BackendError
-from edge_relay.chatdb import ChatDB, ChatDBError
+from edge_relay.chatdb import ChatDB, ChatDBError, InboundRow
 from edge_relay.config import Config
 from edge_relay.health import HealthServer, QueueView, judge_queue, overall
 from edge_relay.ratelimit import SlidingWindowLimiter
@@ -28,6 +28,7 @@ DEFAULT_HEARTBEAT_S = 30.0
 DRAIN_BOUND_S = 10.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
+INCOMPLETE_WAIT_S = 5.0
 # AppleScript errors that mean this shard cannot send at all until a person acts.
 BLOCKING_SEND_ERRORS = ("(error -1743)", "(error -600)", "(error -1719)")
 
@@ -67,6 +68,7 @@ class Relay:
         self._inbound_wake: Optional[asyncio.Event] = None
         self._results_wake: Optional[asyncio.Event] = None
         self._registered_event: Optional[asyncio.Event] = None
+        self._incomplete_since: Dict[str, float] = {}
 
     # The interface a folder watcher uses: new rows may be in chat.db, read now.
 
@@ -265,6 +267,7 @@ class Relay:
                 await self._sleep(self.config.poll_interval_s, self._inbound_wake)
                 continue
             unreadable = False
+            rows = self._hold_back_incomplete(rows)
             if not rows:
                 await self._sleep(self.config.poll_interval_s, self._inbound_wake)
                 continue
@@ -306,6 +309,28 @@ class Relay:
                 wait = backoff.take()
                 log.warning("the backend left some events unaccepted; resending in %g s", wait)
                 await asyncio.sleep(wait)
+
+    def _hold_back_incomplete(self, rows: List[InboundRow]) -> List[InboundRow]:
+        """Rows up to the first whose chat or handle Messages has not written yet.
+
+        Messages may write a message before its chat_message_join row; such a row waits a
+        little, and if it is still incomplete after INCOMPLETE_WAIT_S it is skipped, since the
+        backend cannot accept an event without its chat and handle.
+        """
+        now = time.monotonic()
+        for index, row in enumerate(rows):
+            if row.complete:
+                if row.event is not None:
+                    self._incomplete_since.pop(row.event["guid"], None)
+                continue
+            guid = row.event["guid"]
+            first_seen = self._incomplete_since.setdefault(guid, now)
+            if now - first_seen < INCOMPLETE_WAIT_S:
+                return rows[:index]
+            log.warning("message %s has no chat or handle in chat.db; not forwarded", guid)
+            rows[index] = InboundRow(row.rowid, None)
+            self._incomplete_since.pop(guid, None)
+        return rows
 
     # Outbound
 
@@ -411,7 +436,9 @@ class Relay:
             try:
                 await self.backend.result(command_id, status, detail)
             except BackendError as error:
-                if error.status in (404, 409, 422):
+                # A result the backend can never take (unknown command, another result
+                # already recorded, malformed) is not retried forever.
+                if error.status in (400, 404, 409):
                     log.warning("result of command %s refused (%s); dropped", command_id, error)
                     self.store.result_reported(command_id)
                     continue
