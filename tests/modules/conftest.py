@@ -6,6 +6,7 @@ per test session in a temporary folder, with ``edge`` a link to the repository r
 """
 
 import atexit
+import contextlib
 import glob
 import json
 import os
@@ -58,7 +59,8 @@ def run_module(main, args, runner, check_mode=False, diff=False):
     """Run a module's main() the way Ansible would, with macOS's commands answered by runner.
 
     runner(argv, data) returns (rc, stdout, stderr). Every command is looked up under
-    /usr/sbin, as get_bin_path finds them on a Mac.
+    /usr/sbin, as get_bin_path finds them on a Mac. With runner None the commands really
+    run, found on PATH.
     """
     args = dict(args)
     args["_ansible_check_mode"] = check_mode
@@ -75,14 +77,16 @@ def run_module(main, args, runner, check_mode=False, diff=False):
     def capture(text):
         out.append(text)
 
-    with (
-        patch_module_args(args),
-        mock.patch.object(basic.AnsibleModule, "run_command", run_command),
-        mock.patch.object(basic.AnsibleModule, "get_bin_path", get_bin_path),
-        mock.patch("builtins.print", side_effect=capture),
-        pytest.raises(SystemExit),
-    ):
-        main()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(patch_module_args(args))
+        stack.enter_context(mock.patch("builtins.print", side_effect=capture))
+        if runner is not None:
+            stack.enter_context(mock.patch.object(basic.AnsibleModule, "run_command", run_command))
+            stack.enter_context(
+                mock.patch.object(basic.AnsibleModule, "get_bin_path", get_bin_path)
+            )
+        with pytest.raises(SystemExit):
+            main()
     return ModuleResult(json.loads(out[-1]))
 
 

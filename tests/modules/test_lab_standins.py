@@ -1,0 +1,138 @@
+"""archety.edge.macos_user and mac_facts against the lab's stand-ins for macOS's commands:
+real processes reading and writing a simulated Mac's files under a temporary root."""
+
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import pytest
+from ansible_collections.archety.edge.plugins.modules import mac_facts, macos_user
+from conftest import REPO_ROOT, run_module
+
+LAB = os.path.join(REPO_ROOT, "lab")
+STANDINS = os.path.join(LAB, "edge_lab", "standins")
+TOOLS = {
+    "sysadminctl": "sysadminctl",
+    "dscl": "dscl",
+    "createhomedir": "createhomedir",
+    "dseditgroup": "dseditgroup",
+    "sw_vers": "sw_vers",
+    "pmset": "pmset",
+    "fdesetup": "fdesetup",
+    "xcode-select": "xcode_select",
+    "launchctl": "launchctl",
+}
+pytestmark = pytest.mark.skipif(
+    not all(os.path.exists(os.path.join(STANDINS, m + ".py")) for m in TOOLS.values()),
+    reason="the lab's stand-ins (lab/edge_lab/standins) are not in this checkout",
+)
+
+# A fresh simulated Mac: macOS's groups and the admin user, as the lab's hosts have them.
+PASSWD = (
+    "root:x:0:0:System Administrator:/var/root:/bin/sh\n"
+    "nobody:x:65534:65534:Unprivileged User:/var/empty:/usr/bin/false\n"
+    "admin:x:501:20:Admin:/Users/admin:/bin/zsh\n"
+)
+GROUP = "wheel:x:0:root\neveryone:x:12:\nstaff:x:20:root\nadmin:x:80:root,admin\nnogroup:x:65534:\n"
+SHADOW = "root:*:19800:0:99999:7:::\nnobody:*:19800:0:99999:7:::\nadmin:*:19800:0:99999:7:::\n"
+
+
+@pytest.fixture
+def lab_mac(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("the stand-ins change account files and chown homes: run as root")
+    sys.path.insert(0, LAB)
+    try:
+        from edge_lab.standins import createhomedir
+    finally:
+        sys.path.remove(LAB)
+    root = tempfile.mkdtemp(prefix="edge-modules-mac-")
+    bin_dir = tempfile.mkdtemp(prefix="edge-modules-bin-")
+    try:
+        os.chmod(root, 0o755)
+        os.makedirs(os.path.join(root, "etc"))
+        os.makedirs(os.path.join(root, "Users"))
+        for name, text in (("passwd", PASSWD), ("group", GROUP), ("shadow", SHADOW)):
+            with open(os.path.join(root, "etc", name), "w") as handle:
+                handle.write(text)
+        os.chmod(os.path.join(root, "etc", "shadow"), 0o600)
+        createhomedir.install_user_template(pathlib.Path(root))
+        for command, module in TOOLS.items():
+            wrapper = os.path.join(bin_dir, command)
+            with open(wrapper, "w") as handle:
+                handle.write(
+                    f'#!/bin/sh\nPYTHONPATH="{LAB}" exec "{sys.executable}" '
+                    f'-m edge_lab.standins.{module} "$@"\n'
+                )
+            os.chmod(wrapper, 0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+        monkeypatch.setenv("EDGE_LAB_ROOT", root)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(bin_dir, ignore_errors=True)
+
+
+def run(check_mode=False, **args):
+    return run_module(macos_user.main, args, None, check_mode=check_mode, diff=True)
+
+
+def passwd_entry(root, name):
+    with open(os.path.join(root, "etc", "passwd")) as handle:
+        for line in handle:
+            if line.startswith(name + ":"):
+                return line.strip().split(":")
+    return None
+
+
+def test_shard_user_lifecycle_on_the_lab_stand_ins(lab_mac):
+    shard = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "lab pass 1"}
+
+    preview = run(check_mode=True, **shard)
+    assert preview["changed"] is True
+    assert passwd_entry(lab_mac, "edge_sage_01") is None
+
+    created = run(**shard)
+    assert not created.failed, created.get("msg")
+    assert created["changed"] is True
+    user = created["user"]
+    assert user["name"] == "edge_sage_01"
+    assert user["home"] == "/Users/edge_sage_01"
+    assert user["shell"] == "/bin/zsh"
+    assert user["hidden"] is True and user["admin"] is False
+    entry = passwd_entry(lab_mac, "edge_sage_01")
+    assert entry is not None and int(entry[2]) == user["uid"]
+    home = os.path.join(lab_mac, "Users", "edge_sage_01")
+    assert os.path.isdir(os.path.join(home, "Library")), "home populated from the template"
+
+    again = run(**shard)
+    assert again["changed"] is False, again["commands"]
+
+    promoted = run(admin=True, **shard)
+    assert promoted["changed"] is True and promoted["user"]["admin"] is True
+    demoted = run(**shard)
+    assert demoted["changed"] is True and demoted["user"]["admin"] is False
+
+    removed = run(name="edge_sage_01", state="absent")
+    assert removed["changed"] is True
+    assert passwd_entry(lab_mac, "edge_sage_01") is None
+    assert os.path.isdir(home), "home kept without remove_home"
+    assert run(name="edge_sage_01", state="absent")["changed"] is False
+
+
+def test_mac_facts_of_a_fresh_lab_mac(lab_mac):
+    run(name="edge_sage_01", password="lab pass 1")
+    result = run_module(mac_facts.main, {"users": ["edge_sage_01", "edge_sage_09"]}, None)
+    assert not result.failed, result.get("msg")
+    edge_mac = result["ansible_facts"]["edge_mac"]
+    assert edge_mac["macos"] == {"product_version": "14.6.1", "build_version": "23G93"}
+    assert edge_mac["pmset"] == {"sleep": 1, "autorestart": 0}
+    assert edge_mac["filevault"] == {"enabled": False}
+    user = edge_mac["users"]["edge_sage_01"]
+    assert user["exists"] is True and user["uid"] >= 501
+    assert user["gui_session"] is False, "nobody logged in at the lab's login window"
+    assert edge_mac["users"]["edge_sage_09"]["exists"] is False
+    assert any("system sleep is on" in w for w in edge_mac["warnings"])
+    assert any("autorestart is off" in w for w in edge_mac["warnings"])
