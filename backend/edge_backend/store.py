@@ -276,14 +276,6 @@ class Store:
             )
         return True
 
-    def command(self, command_id: str) -> Optional[dict]:
-        with self.db.transaction() as tx:
-            return tx.one(
-                "SELECT id, shard_id, payload, status, created_at, leased_at, finished_at, detail"
-                " FROM edge_commands WHERE id = ?",
-                (command_id,),
-            )
-
     # Canary checks
 
     def start_canary(
@@ -298,7 +290,7 @@ class Store:
                 raise Conflict(
                     f"shard '{shard_id}' is disabled and takes no commands; enable it first"
                 )
-            check_id = new_id("canary_")
+            check_id = new_id("chk_")
             tx.execute(
                 "INSERT INTO canary_checks (id, shard_id, handle, status, sent_at)"
                 " VALUES (?, ?, ?, 'pending', ?)",
