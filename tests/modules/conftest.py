@@ -41,6 +41,7 @@ def _collection_tree():
 COLLECTION_PARENT = _collection_tree()
 
 from ansible.module_utils import basic  # noqa: E402
+from ansible.module_utils.common import warnings  # noqa: E402
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
 
@@ -77,6 +78,9 @@ def run_module(main, args, runner, check_mode=False, diff=False):
     def capture(text):
         out.append(text)
 
+    # Warnings are gathered process-wide, as if each module ran in its own process: start clean.
+    warnings._global_warnings.clear()
+    warnings._global_deprecations.clear()
     with contextlib.ExitStack() as stack:
         stack.enter_context(patch_module_args(args))
         stack.enter_context(mock.patch("builtins.print", side_effect=capture))
