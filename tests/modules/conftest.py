@@ -3,6 +3,10 @@
 Collection code imports itself as ``ansible_collections.archety.edge``, which only resolves
 from a folder laid out as ``ansible_collections/<namespace>/<name>``. The tree is made once
 per test session in a temporary folder, with ``edge`` a link to the repository root.
+
+The modules that run on a Mac must work on macOS's Python 3.9; run them there with
+``.venv39/bin/python -m pytest tests/modules`` (a Python 3.9 venv holding pytest; the
+controller's ansible-core is borrowed, and the PostgreSQL tests skip without psycopg).
 """
 
 import atexit

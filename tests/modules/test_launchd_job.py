@@ -273,3 +273,21 @@ def test_waiter_returns_as_soon_as_ready():
     clock = Clock()
     result = wait_for(iter([1, 2, 3]).__next__, lambda n: n == 2, 10, 1, clock, clock.sleep)
     assert result.ready is True and result.value == 2 and result.elapsed == 1
+
+
+def test_loaded_unchanged_job_that_is_not_running_is_left_to_launchd_with_a_warning(
+    plist, tmp_path
+):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    job = launchd.jobs[(502, LABEL)]
+    job.update(state="not running", pid=None, last_exit="1")
+    launchd.calls.clear()
+
+    result = run(launchd, tmp_path, plist=str(plist))
+    assert result["changed"] is False
+    assert changing(launchd) == []
+    assert result.warning_texts == [
+        f"{TARGET} is loaded but not running (last exit code 1); its plist is unchanged, "
+        "so it is left to launchd."
+    ]

@@ -193,3 +193,15 @@ def test_bad_short_name_is_refused_before_any_command():
     assert result.failed
     assert "is not a macOS short name" in result["msg"]
     assert mac.calls == []
+
+
+def test_home_elsewhere_is_reported_not_moved():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True, home="/Volumes/Data/edge_sage_01")
+    result = run(mac, **NEW_SHARD)
+    assert result["changed"] is False
+    assert result["user"]["home"] == "/Volumes/Data/edge_sage_01"
+    assert result.warning_texts == [
+        "user edge_sage_01 has the home folder /Volumes/Data/edge_sage_01, not "
+        "/Users/edge_sage_01; it is left as it is."
+    ]
