@@ -63,7 +63,8 @@ attributes:
 notes:
   - The C(gui/<uid>) domain exists only while the user is logged in at the login window
     (fast user switching keeps several users logged in). No script can log a user in; the
-    module fails with a sentence saying so.
+    module fails with a sentence saying so, except for O(state=booted_out), which has nothing
+    to do then.
   - C(launchctl kickstart -k) is never used, since it restarts a job without re-reading its
     plist.
   - A job found loaded with no recorded SHA-256 (loaded by hand, or by another tool) is
@@ -202,6 +203,9 @@ class LaunchdJob:
             return parse_print(out)
         text = f"{out}\n{err}"
         if "Could not find domain" in text or rc == DOMAIN_UNSUPPORTED:
+            if self.module.params["state"] == "booted_out":
+                # No GUI session, no domain: nothing of the job is left to boot out.
+                return {"loaded": False, "state": NOT_LOADED, "pid": None, "last_exit_code": None}
             self.no_gui_session()
         if rc == SERVICE_NOT_FOUND or "Could not find service" in text:
             return {"loaded": False, "state": NOT_LOADED, "pid": None, "last_exit_code": None}

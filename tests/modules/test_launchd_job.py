@@ -291,3 +291,11 @@ def test_loaded_unchanged_job_that_is_not_running_is_left_to_launchd_with_a_warn
         f"{TARGET} is loaded but not running (last exit code 1); its plist is unchanged, "
         "so it is left to launchd."
     ]
+
+
+def test_booted_out_without_a_gui_session_has_nothing_to_do(tmp_path):
+    launchd = FakeLaunchd(gui_uids=())
+    result = run(launchd, tmp_path, state="booted_out")
+    assert not result.failed, result.get("msg")
+    assert result["changed"] is False
+    assert result["state"] == "not loaded"
