@@ -229,6 +229,8 @@ def prepare(host, public_key):
     _mkdir(host.dir, 0o755)
     if not (host.dir / "etc").exists():
         _make_etc(host)
+    # macOS reads log rotation rules from here; Debian's /etc has no such folder.
+    _mkdir(host.dir / "etc/newsyslog.d")
     _host_keys(host)
     _write_sshd_config(host)
     _mkdir(host.dir / "Users")
