@@ -24,7 +24,6 @@ def test_the_window_slides_rather_than_resetting_each_minute():
     assert [limiter.try_acquire() for _ in range(4)] == [True, True, True, False]
     clock.now += 30
     assert not limiter.try_acquire()
-    assert limiter.wait_s() == pytest.approx(30)
     clock.now += 30  # the first three leave the window together
     assert [limiter.try_acquire() for _ in range(4)] == [True, True, True, False]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
@@ -30,7 +29,6 @@ class Backend:
         self._headers = {"Authorization": f"Bearer {token}"}
         self.timeout_s = timeout_s
         self._session: Optional[aiohttp.ClientSession] = None
-        self.last_ok_at: Optional[float] = None
         self.last_error: Optional[str] = "no call made yet"
 
     async def start(self) -> None:
@@ -72,7 +70,6 @@ class Backend:
         if not isinstance(payload, dict):
             self.last_error = f"{method} {path} answered something other than a JSON object"
             raise BackendError(self.last_error)
-        self.last_ok_at = time.time()
         self.last_error = None
         return payload
 

@@ -28,11 +28,3 @@ class SlidingWindowLimiter:
             return False
         self._stamps.append(now)
         return True
-
-    def wait_s(self) -> float:
-        """Seconds until a slot frees up (0 when one is free now)."""
-        now = self.clock()
-        self._forget_old(now)
-        if len(self._stamps) < self.limit:
-            return 0.0
-        return self._stamps[0] + self.window_s - now

@@ -52,6 +52,8 @@ class Relay:
     def __init__(self, config: Config):
         self.config = config
         self.chat_db = ChatDB(config.chat_db)
+        # /health answers from the event loop: it must not wait long on a busy database.
+        self.health_chat_db = ChatDB(config.chat_db, busy_timeout_s=0.5)
         self.store = StateStore(config.state_dir)
         self.queue = SendQueue(config.send_queue, self.store)
         self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
@@ -85,8 +87,8 @@ class Relay:
 
     def report(self) -> Dict[str, Any]:
         now = time.time()
-        chat_ok, chat_detail = self.chat_db.check()
-        _, drops = self.store.recent_events(now - self.config.health.drops_window_s)
+        chat_ok, chat_detail = self.health_chat_db.check()
+        drops = self.store.recent_drops(now - self.config.health.drops_window_s)
         figures = self.queue.figures()
         queue_status = judge_queue(
             QueueView(figures["depth"], self.depth_high_since, drops), self.config.health, now
@@ -266,6 +268,8 @@ class Relay:
                 unreadable = True
                 await self._sleep(self.config.poll_interval_s, self._inbound_wake)
                 continue
+            if unreadable:
+                log.info("chat.db is readable again")
             unreadable = False
             rows = self._hold_back_incomplete(rows)
             if not rows:

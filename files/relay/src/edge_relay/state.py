@@ -1,9 +1,9 @@
 """The relay's own durable state: one SQLite file in `state_dir`.
 
 It holds the inbound cursor (the last chat.db ROWID the backend acknowledged), the SendQueue
-with its four figures, the results not yet reported, and recent enqueue and drop times for
-/health. Every change is committed before the relay acts on it, so a crash or a restart loses
-nothing the backend was told about.
+with its four figures, the results not yet reported, and recent drop times for /health.
+Every change is committed before the relay acts on it, so a crash or a restart loses nothing
+the backend was told about.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS results (
     command_id TEXT PRIMARY KEY, status TEXT NOT NULL, detail TEXT NOT NULL,
     created_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS queue_events (at REAL NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drops (at REAL NOT NULL);
 """
 
 FIGURES = ("totalEnqueued", "totalDelivered", "totalDropped")
@@ -131,7 +131,6 @@ class StateStore:
                     ),
                 ),
                 self._bump("totalEnqueued"),
-                ("INSERT INTO queue_events (at, kind) VALUES (?, 'enqueue')", (now,)),
             ]
         )
 
@@ -139,8 +138,7 @@ class StateStore:
         self._transaction(
             [
                 self._bump("totalDropped"),
-                ("INSERT INTO queue_events (at, kind) VALUES (?, 'enqueue')", (now,)),
-                ("INSERT INTO queue_events (at, kind) VALUES (?, 'drop')", (now,)),
+                ("INSERT INTO drops (at) VALUES (?)", (now,)),
                 (
                     "INSERT OR REPLACE INTO finished (command_id, finished_at) VALUES (?, ?)",
                     (command_id, now),
@@ -201,17 +199,12 @@ class StateStore:
 
     # Recent history for /health
 
-    def recent_events(self, since: float) -> Tuple[int, int]:
-        """(enqueue attempts, drops) since `since`; older history is pruned."""
+    def recent_drops(self, since: float) -> int:
+        """Commands dropped since `since`; older history is pruned."""
         self._transaction(
             [
-                ("DELETE FROM queue_events WHERE at < ?", (since,)),
+                ("DELETE FROM drops WHERE at < ?", (since,)),
                 ("DELETE FROM finished WHERE finished_at < ?", (time.time() - FINISHED_KEEP_S,)),
             ]
         )
-        counts = dict(
-            self.conn.execute(
-                "SELECT kind, COUNT(*) FROM queue_events WHERE at >= ? GROUP BY kind", (since,)
-            ).fetchall()
-        )
-        return int(counts.get("enqueue", 0)), int(counts.get("drop", 0))
+        return self.conn.execute("SELECT COUNT(*) FROM drops WHERE at >= ?", (since,)).fetchone()[0]
