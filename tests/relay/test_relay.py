@@ -61,6 +61,16 @@ async def test_text_and_attributed_body_become_message_events(settings, backend,
         assert event["date"].endswith("Z")
 
 
+async def test_a_wake_reads_at_once_without_waiting_for_the_poll(settings, backend, messages):
+    settings["poll_interval_s"] = 30
+    async with RunningRelay(settings) as relay:
+        await asyncio.sleep(0.3)
+        guid = messages.incoming(HANDLE, text="hi")
+        relay.wake_inbound()  # what a watcher of the Messages folder calls
+        await wait_for(lambda: backend.events(), timeout_s=3, what="the woken read")
+    assert backend.events()[0]["guid"] == guid
+
+
 async def test_cursor_survives_restart_and_unacked_guids_are_resent(settings, backend, messages):
     async with RunningRelay(settings):
         await asyncio.sleep(0.2)

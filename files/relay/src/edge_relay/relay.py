@@ -186,11 +186,9 @@ class Relay:
         )
         self.store.close()
 
-    async def _sleep(self, seconds: float, wake: Optional[asyncio.Event] = None) -> None:
+    @staticmethod
+    async def _sleep(seconds: float, wake: asyncio.Event) -> None:
         """Waits `seconds`, or less when `wake` is set."""
-        if wake is None:
-            await asyncio.sleep(seconds)
-            return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), seconds)
         wake.clear()
