@@ -38,6 +38,9 @@ SERVICE_WAIT_S = 20
 
 def _port_free(address, port):
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the servers themselves do: connections of a previous run left in TIME_WAIT do not
+    # keep a port busy, only a listener does.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((address, port))
     except OSError as error:
