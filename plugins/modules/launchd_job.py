@@ -394,6 +394,20 @@ def main():
     job = LaunchdJob(module, uid, user_name)
     digest = None
     if params["state"] != "booted_out":
+        if module.check_mode and not os.path.exists(params["plist"]):
+            # A dry run of a play that writes the plist first: the file is not there to judge,
+            # but the job would be (re)loaded from it.
+            module.exit_json(
+                changed=True,
+                domain=job.domain,
+                label=params["label"],
+                state=None,
+                pid=None,
+                plist_sha256=None,
+                commands=[["launchctl", "bootstrap", job.domain, params["plist"]]],
+                msg=f"plist {params['plist']} does not exist yet; it would be bootstrapped "
+                "once written.",
+            )
         digest = check_plist(module, params["plist"], params["label"])
 
     before = job.probe()
