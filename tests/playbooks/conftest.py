@@ -13,8 +13,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LAB_DIR = Path(os.environ.get("EDGE_LAB_DIR", REPO / ".lab"))
 PLAYBOOK_TIMEOUT_S = 600
+
+# A lab of its own (folder, addresses, backend port, inventory), so these tests neither see nor
+# disturb a lab started by hand with `make lab-up` or `make demo`.
+TEST_LAB = Path("/tmp/edge-lab-tests/playbooks")
+LAB_ENV = {
+    "EDGE_LAB_DIR": str(TEST_LAB / "lab"),
+    "EDGE_LAB_INVENTORY": str(TEST_LAB / "inventory"),
+    "EDGE_LAB_NET": "127.0.78",
+    "EDGE_LAB_BACKEND_PORT": "18878",
+}
+LAB_DIR = TEST_LAB / "lab"
+INVENTORY = TEST_LAB / "inventory" / "hosts.yml"
+
+
+def lab_env() -> dict[str, str]:
+    return dict(os.environ, **LAB_ENV, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
 
 
 class Lab:
@@ -25,19 +40,17 @@ class Lab:
 
     def edge_lab(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "edge-lab"), *args], cwd=REPO, text=True,
-                              capture_output=True, timeout=300, check=True)
+                              capture_output=True, timeout=300, check=True, env=lab_env())
 
     def playbook(self, *args: str, check_mode: bool = False, **extra: str) -> "Run":
-        argv = [str(BIN / "ansible-playbook"), "-i", "inventories/lab/hosts.yml",
-                "playbooks/add_shard.yml"]
+        argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), "playbooks/add_shard.yml"]
         for key, value in extra.items():
             argv += ["-e", f"{key}={value}"]
         if check_mode:
             argv.append("--check")
         argv += list(args)
-        env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
         proc = subprocess.run(argv, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=PLAYBOOK_TIMEOUT_S, env=env)
+                              stderr=subprocess.STDOUT, timeout=PLAYBOOK_TIMEOUT_S, env=lab_env())
         return Run(proc.returncode, proc.stdout)
 
     def shard_rows(self) -> list[tuple]:
@@ -73,10 +86,11 @@ class Run:
 def lab():
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (namespaces, sshd, users)")
-    subprocess.run([str(BIN / "edge-lab"), "down", "--purge"], cwd=REPO, timeout=120)
-    subprocess.run([str(BIN / "edge-lab"), "up", "--hosts", "1"], cwd=REPO, timeout=600,
-                   check=True)
+    edge_lab = str(BIN / "edge-lab")
+    subprocess.run([edge_lab, "down", "--purge"], cwd=REPO, timeout=120, env=lab_env())
+    subprocess.run([edge_lab, "up", "--hosts", "1"], cwd=REPO, timeout=600, check=True,
+                   env=lab_env())
     try:
         yield Lab(LAB_DIR)
     finally:
-        subprocess.run([str(BIN / "edge-lab"), "down"], cwd=REPO, timeout=120)
+        subprocess.run([edge_lab, "down"], cwd=REPO, timeout=120, env=lab_env())
