@@ -27,8 +27,9 @@ REPLY_TIMEOUT_S = 60
 
 def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     print("$ " + " ".join(argv), flush=True)
-    result = subprocess.run(argv, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    result = subprocess.run(
+        argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     print(result.stdout, end="", flush=True)
     if check and result.returncode != 0:
         sys.exit(f"demo: `{' '.join(argv)}` failed with exit status {result.returncode}")
@@ -37,17 +38,32 @@ def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 def add_shard() -> subprocess.CompletedProcess:
     return run(
-        [str(BIN / "ansible-playbook"), "-i", "inventories/lab/hosts.yml",
-         "playbooks/add_shard.yml", "-e", f"persona={PERSONA}", "-e", f"shard_number={NUMBER}",
-         "-e", f"phone_number={PHONE}", "-e", f"target_host={HOST}"],
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "inventories/lab/hosts.yml",
+            "playbooks/add_shard.yml",
+            "-e",
+            f"persona={PERSONA}",
+            "-e",
+            f"shard_number={NUMBER}",
+            "-e",
+            f"phone_number={PHONE}",
+            "-e",
+            f"target_host={HOST}",
+        ],
         check=False,
     )
 
 
 def play_person_steps() -> None:
     lab = str(BIN / "edge-lab")
-    for step in (["gui", "login", HOST, USER], ["imessage", "signin", HOST, USER, PHONE],
-                 ["grant", "fda", HOST], ["grant", "automation", HOST, USER]):
+    for step in (
+        ["gui", "login", HOST, USER],
+        ["imessage", "signin", HOST, USER, PHONE],
+        ["grant", "fda", HOST],
+        ["grant", "automation", HOST, USER],
+    ):
         run([lab, *step])
 
 
@@ -67,15 +83,27 @@ def round_trip() -> float:
     chat_db = LAB_DIR / "hosts" / HOST / "Users" / USER / "Library" / "Messages" / "chat.db"
     before = newest_reply_rowid(chat_db)
     started = time.monotonic()
-    run([str(BIN / "edge-lab"), "phone", "send", "--to", PHONE, "--from", LAB_PHONE,
-         "hello from the lab phone"])
+    run(
+        [
+            str(BIN / "edge-lab"),
+            "phone",
+            "send",
+            "--to",
+            PHONE,
+            "--from",
+            LAB_PHONE,
+            "hello from the lab phone",
+        ]
+    )
     deadline = started + REPLY_TIMEOUT_S
     while time.monotonic() < deadline:
         if newest_reply_rowid(chat_db) > before:
             return (time.monotonic() - started) * 1000
         time.sleep(0.05)
-    sys.exit(f"demo: no reply sent from {SHARD} within {REPLY_TIMEOUT_S} s; "
-             f"see {HOST}:/Users/{USER}/Library/Logs/edge-relay/relay.log")
+    sys.exit(
+        f"demo: no reply sent from {SHARD} within {REPLY_TIMEOUT_S} s; "
+        f"see {HOST}:/Users/{USER}/Library/Logs/edge-relay/relay.log"
+    )
 
 
 def show_shard() -> None:

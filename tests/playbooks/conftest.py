@@ -39,18 +39,32 @@ class Lab:
         self.dir = lab_dir
 
     def edge_lab(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "edge-lab"), *args], cwd=REPO, text=True,
-                              capture_output=True, timeout=300, check=True, env=lab_env())
+        return subprocess.run(
+            [str(BIN / "edge-lab"), *args],
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+            timeout=300,
+            check=True,
+            env=lab_env(),
+        )
 
-    def playbook(self, *args: str, check_mode: bool = False, **extra: str) -> "Run":
+    def playbook(self, *args: str, check_mode: bool = False, **extra: str) -> Run:
         argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), "playbooks/add_shard.yml"]
         for key, value in extra.items():
             argv += ["-e", f"{key}={value}"]
         if check_mode:
             argv.append("--check")
         argv += list(args)
-        proc = subprocess.run(argv, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=PLAYBOOK_TIMEOUT_S, env=lab_env())
+        proc = subprocess.run(
+            argv,
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=PLAYBOOK_TIMEOUT_S,
+            env=lab_env(),
+        )
         return Run(proc.returncode, proc.stdout)
 
     def shard_rows(self) -> list[tuple]:
@@ -88,8 +102,9 @@ def lab():
         pytest.skip("the lab needs root (namespaces, sshd, users)")
     edge_lab = str(BIN / "edge-lab")
     subprocess.run([edge_lab, "down", "--purge"], cwd=REPO, timeout=120, env=lab_env())
-    subprocess.run([edge_lab, "up", "--hosts", "1"], cwd=REPO, timeout=600, check=True,
-                   env=lab_env())
+    subprocess.run(
+        [edge_lab, "up", "--hosts", "1"], cwd=REPO, timeout=600, check=True, env=lab_env()
+    )
     try:
         yield Lab(LAB_DIR)
     finally:

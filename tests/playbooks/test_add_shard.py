@@ -37,8 +37,16 @@ def assert_nothing_changed(lab) -> None:
         ({"backend_dsn": "postgresql://postgres@127.0.0.1:1/edge"}, "127.0.0.1"),
         ({"backend_dsn": "mysql://127.0.0.1/edge"}, "backend_dsn must be sqlite"),
     ],
-    ids=["phone-digits", "phone-short", "persona-chars", "persona-short", "shard-number",
-         "unknown-host", "dsn-unreachable", "dsn-scheme"],
+    ids=[
+        "phone-digits",
+        "phone-short",
+        "persona-chars",
+        "persona-short",
+        "shard-number",
+        "unknown-host",
+        "dsn-unreachable",
+        "dsn-scheme",
+    ],
 )
 def test_bad_input_stops_before_anything_changes(lab, changes, message):
     run = lab.playbook(**request(**changes))

@@ -57,7 +57,7 @@ def test_health_is_healthy(host):
         int(line.split(":")[1]) for line in config.splitlines() if line.strip().startswith("port:")
     )
     body = host.check_output(
-        "/usr/bin/python3 -c \"import urllib.request;"
+        '/usr/bin/python3 -c "import urllib.request;'
         f"print(urllib.request.urlopen('http://127.0.0.1:{port}/health').read().decode())\""
     )
     health = json.loads(body)
