@@ -53,8 +53,8 @@ lint: venv ## ruff, ansible-lint (production profile), collection build
 	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path build/ . >/dev/null
 
-test-units: setup ## Tests of the relay (3.11 and 3.9), backend, modules
-	$(PY) -m pytest -q tests/relay tests/backend tests/modules
+test-units: setup ## Tests of the roles' specs, the relay (3.11 and 3.9), backend, modules
+	$(PY) -m pytest -q tests/roles tests/relay tests/backend tests/modules
 	$(VENV39)/bin/python -m pytest -q tests/relay
 
 test-lab: setup ## Tests of the lab and its macOS stand-ins
