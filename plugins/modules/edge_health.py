@@ -1,0 +1,366 @@
+#!/usr/bin/python
+# Copyright: archety.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: edge_health
+short_description: Wait until a shard's relay reports healthy on its /health endpoint
+description:
+  - Reads the JSON of a relay's C(/health) endpoint on 127.0.0.1 and judges it by the
+    fleet's bounds, the gate a rolling deploy waits on before it moves to the next shard.
+  - Judges the relay's checks (chat.db readable, backend reachable, registered, Messages
+    sending), the send queue's depth now, the drops the relay counted in its recent window
+    (C(drops_recent)), and the drop rate seen while waiting.
+  - Polls until the relay is healthy or O(timeout) seconds have passed (monotonic clock),
+    and fails with the check and the figure that kept it from being healthy.
+  - Finds the port from O(port), or from O(shard_id) in the health ports file the relay role
+    keeps, or from the C(health.port) of the relay configuration O(config).
+  - Runs on the Mac, under macOS's Python 3.9 or newer. Reads only; does nothing in check
+    mode.
+version_added: "1.0.0"
+author:
+  - archety.edge contributors
+options:
+  port:
+    description: Health port of the relay on 127.0.0.1.
+    type: int
+  shard_id:
+    description:
+      - Shard whose relay to judge. Without O(port) and O(config), its port is read from
+        O(ports_file). When the relay reports a shard id, it must be this one.
+    type: str
+  config:
+    description: Path of the relay's C(config.yml); its C(health.port) is used.
+    type: path
+  ports_file:
+    description: JSON file mapping each shard id of the Mac to its health port.
+    type: path
+    default: /usr/local/archety/edge/health-ports.json
+  version:
+    description:
+      - Version the relay must report, so that a gate after a deploy judges the new release
+        and not a relay that is still the old one.
+    type: str
+  timeout:
+    description: Seconds to wait for the relay to be healthy; 0 judges once.
+    type: float
+    default: 60
+  interval:
+    description: Seconds between two reads of C(/health).
+    type: float
+    default: 1
+  stable_for:
+    description:
+      - Seconds the relay must stay healthy, read after read, before the gate passes; catches
+        a release that answers healthy once and then falls over.
+    type: float
+    default: 0
+  allow_warning:
+    description: Pass the gate on a C(warning) verdict too, not only on C(healthy).
+    type: bool
+    default: false
+  depth_healthy:
+    description: Largest send queue depth that is still healthy.
+    type: int
+    default: 10
+  depth_warning:
+    description: Largest send queue depth that is a warning; above it the relay is critical.
+    type: int
+    default: 50
+  drops_healthy:
+    description: Most drops in the relay's recent window that are still healthy.
+    type: int
+    default: 0
+  drops_warning:
+    description: Most drops in the relay's recent window that are a warning.
+    type: int
+    default: 5
+  drop_rate_warning:
+    description:
+      - Drop rate (dropped over enqueued while waiting, 0 to 1) from which the relay is
+        critical; any drop below it is a warning.
+    type: float
+    default: 0.01
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: darwin
+notes:
+  - The relay counts C(drops_recent) over its own window, C(health.drops_window_s) of its
+    configuration (15 minutes by default); the drop rate is measured between the first and
+    the last read of this module, since the relay reports its totals only.
+  - In check mode nothing is read, since the relay may not run yet (or runs an older
+    release) before the real run; the result says so and RV(skipped) is true.
+  - Only 127.0.0.1 is read; the relay serves its health on the loopback address only.
+"""
+
+EXAMPLES = r"""
+- name: Wait until sage-01's relay is healthy on the new release
+  archety.edge.edge_health:
+    shard_id: sage-01
+    version: 0.2.0
+    timeout: 60
+    stable_for: 3
+
+- name: Judge a relay once, accepting a warning
+  archety.edge.edge_health:
+    port: 47101
+    timeout: 0
+    allow_warning: true
+"""
+
+RETURN = r"""
+status:
+  description: Verdict of the last read, C(healthy), C(warning), C(critical) or C(unreachable).
+  returned: unless skipped
+  type: str
+  sample: healthy
+reasons:
+  description: What kept the relay from being healthy at the last read, one sentence each.
+  returned: unless skipped
+  type: list
+  elements: str
+  sample: ["send queue depth 73 is above 50"]
+health:
+  description: The last JSON the relay answered, or null when it did not answer.
+  returned: unless skipped
+  type: dict
+  sample: {"status": "healthy", "version": "0.2.0", "send_queue": {"depth": 0}}
+port:
+  description: The health port read.
+  returned: always
+  type: int
+  sample: 47101
+elapsed:
+  description: Seconds waited.
+  returned: unless skipped
+  type: float
+  sample: 2.5
+skipped:
+  description: True in check mode, when nothing was read.
+  returned: always
+  type: bool
+  sample: false
+"""
+
+import json  # noqa: E402  (Ansible keeps the documentation first)
+import re  # noqa: E402
+import time  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.urls import open_url  # noqa: E402
+from ansible_collections.archety.edge.plugins.module_utils.waiter import wait_for  # noqa: E402
+
+RANK = {"healthy": 0, "warning": 1, "critical": 2, "unreachable": 3}
+READ_TIMEOUT = 5
+CONFIG_PORT = re.compile(r"^\s+port:\s*([0-9]+)\s*(#.*)?$")
+
+
+def port_from_config(path):
+    """``health.port`` of a relay configuration, read without PyYAML (macOS's Python lacks it)."""
+    in_health = False
+    with open(path) as handle:
+        for line in handle:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if not line[0].isspace():
+                in_health = line.split(":", 1)[0].strip() == "health"
+                continue
+            match = CONFIG_PORT.match(line)
+            if in_health and match:
+                return int(match.group(1))
+    return None
+
+
+def find_port(module):
+    params = module.params
+    if params["port"]:
+        return params["port"]
+    if params["config"]:
+        try:
+            port = port_from_config(params["config"])
+        except OSError as error:
+            module.fail_json(msg=f"cannot read the relay configuration {params['config']}: {error}")
+        if not port:
+            module.fail_json(
+                msg=f"the relay configuration {params['config']} has no health.port: "
+                "write it there or give port."
+            )
+        return port
+    path = params["ports_file"]
+    try:
+        with open(path) as handle:
+            ports = json.load(handle)
+    except (OSError, ValueError) as error:
+        module.fail_json(
+            msg=f"cannot read the health ports of this Mac from {path} ({error}): "
+            "give port, or config, or the right ports_file."
+        )
+    if params["shard_id"] not in ports:
+        module.fail_json(
+            msg=f"shard {params['shard_id']} has no health port in {path} (it has "
+            f"{', '.join(sorted(ports)) or 'none'}): check the shard id, or add the shard first."
+        )
+    return int(ports[params["shard_id"]])
+
+
+class Gate:
+    """Reads /health and judges it; keeps the first read so the drop rate spans the wait."""
+
+    def __init__(self, module, port):
+        self.module = module
+        self.params = module.params
+        self.url = f"http://127.0.0.1:{port}/health"
+        self.first_totals = None
+        self.healthy_since = None
+
+    def read(self):
+        try:
+            # A critical relay answers 503 with its JSON body: read the body either way.
+            response = open_url(self.url, timeout=READ_TIMEOUT, validate_certs=False)
+            body = response.read()
+        except Exception as error:  # noqa: BLE001  (urllib raises many kinds; all mean "no answer")
+            body = getattr(error, "read", None) and error.read()
+            if not body:
+                return None, f"no answer from {self.url}: {getattr(error, 'reason', error)}"
+        try:
+            health = json.loads(body)
+        except ValueError:
+            return None, f"{self.url} did not answer JSON"
+        if not isinstance(health, dict):
+            return None, f"{self.url} did not answer a JSON object"
+        return health, None
+
+    def judge(self, health):
+        """(status, reasons) by this module's bounds."""
+        p = self.params
+        reasons, status = [], "healthy"
+
+        def worse(level, reason):
+            nonlocal status
+            reasons.append(reason)
+            if RANK[level] > RANK[status]:
+                status = level
+
+        if p["shard_id"] and health.get("shard_id") not in (None, p["shard_id"]):
+            worse("critical", f"the relay on this port is shard {health.get('shard_id')}")
+        if p["version"] and health.get("version") != p["version"]:
+            worse("critical", f"the relay runs version {health.get('version')}, not {p['version']}")
+        for name, check in sorted((health.get("checks") or {}).items()):
+            if isinstance(check, dict) and not check.get("ok", False):
+                worse("critical", f"check {name} failed: {check.get('detail', 'no detail')}")
+
+        queue = health.get("send_queue") or {}
+        depth = int(queue.get("depth", 0))
+        if depth > p["depth_warning"]:
+            worse("critical", f"send queue depth {depth} is above {p['depth_warning']}")
+        elif depth > p["depth_healthy"]:
+            worse("warning", f"send queue depth {depth} is above {p['depth_healthy']}")
+
+        drops = int(health.get("drops_recent", 0))
+        if drops > p["drops_warning"]:
+            worse("critical", f"{drops} sends dropped recently, more than {p['drops_warning']}")
+        elif drops > p["drops_healthy"]:
+            worse("warning", f"{drops} sends dropped recently, more than {p['drops_healthy']}")
+
+        totals = (int(queue.get("totalEnqueued", 0)), int(queue.get("totalDropped", 0)))
+        if self.first_totals is None:
+            self.first_totals = totals
+        enqueued = totals[0] - self.first_totals[0]
+        dropped = totals[1] - self.first_totals[1]
+        if dropped > 0:
+            rate = dropped / max(enqueued, dropped)
+            level = "critical" if rate >= p["drop_rate_warning"] else "warning"
+            worse(level, f"{dropped} of {enqueued} sends dropped while waiting ({rate:.1%})")
+        return status, reasons
+
+    def probe(self):
+        health, problem = self.read()
+        if health is None:
+            verdict = {"status": "unreachable", "reasons": [problem], "health": None}
+        else:
+            status, reasons = self.judge(health)
+            verdict = {"status": status, "reasons": reasons, "health": health}
+        verdict["at"] = time.monotonic()
+        return verdict
+
+    def passes(self, verdict):
+        wanted = RANK["warning"] if self.params["allow_warning"] else RANK["healthy"]
+        if RANK[verdict["status"]] > wanted:
+            self.healthy_since = None
+            return False
+        if self.healthy_since is None:
+            self.healthy_since = verdict["at"]
+        return verdict["at"] - self.healthy_since >= self.params["stable_for"]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            port=dict(type="int"),
+            shard_id=dict(type="str"),
+            config=dict(type="path"),
+            ports_file=dict(type="path", default="/usr/local/archety/edge/health-ports.json"),
+            version=dict(type="str"),
+            timeout=dict(type="float", default=60),
+            interval=dict(type="float", default=1),
+            stable_for=dict(type="float", default=0),
+            allow_warning=dict(type="bool", default=False),
+            depth_healthy=dict(type="int", default=10),
+            depth_warning=dict(type="int", default=50),
+            drops_healthy=dict(type="int", default=0),
+            drops_warning=dict(type="int", default=5),
+            drop_rate_warning=dict(type="float", default=0.01),
+        ),
+        required_one_of=[("port", "shard_id", "config")],
+        mutually_exclusive=[("port", "config")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["port"] is not None and not 0 < p["port"] < 65536:
+        module.fail_json(msg=f"port {p['port']} is not a TCP port (1 to 65535).")
+    if p["depth_healthy"] > p["depth_warning"] or p["drops_healthy"] > p["drops_warning"]:
+        module.fail_json(
+            msg="each healthy bound must be at most its warning bound: got depth "
+            f"{p['depth_healthy']}/{p['depth_warning']}, drops "
+            f"{p['drops_healthy']}/{p['drops_warning']}."
+        )
+    if p["timeout"] < 0 or p["interval"] <= 0 or p["stable_for"] < 0:
+        module.fail_json(msg="timeout and stable_for must be 0 or more, interval more than 0.")
+
+    port = find_port(module)
+    who = f"shard {p['shard_id']}" if p["shard_id"] else f"the relay on port {port}"
+    if module.check_mode:
+        module.exit_json(
+            changed=False,
+            skipped=True,
+            port=port,
+            msg=f"check mode: {who} would be read on 127.0.0.1:{port}/health, not read now",
+        )
+
+    gate = Gate(module, port)
+    result = wait_for(gate.probe, gate.passes, p["timeout"] + p["stable_for"], p["interval"])
+    verdict = result.value
+    outcome = dict(
+        changed=False,
+        skipped=False,
+        port=port,
+        status=verdict["status"],
+        reasons=verdict["reasons"],
+        health=verdict["health"],
+        elapsed=round(result.elapsed, 2),
+    )
+    if not result.ready:
+        why = "; ".join(verdict["reasons"]) or "it was healthy, but not for long enough"
+        module.fail_json(
+            msg=f"{who} is not healthy after {result.elapsed:.0f} s: {verdict['status']}, {why}.",
+            **outcome,
+        )
+    module.exit_json(**outcome)
+
+
+if __name__ == "__main__":
+    main()
