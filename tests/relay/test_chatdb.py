@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from edge_relay.body import BodyError, decode_attributed_body
-from edge_relay.chatdb import ChatDB, ChatDBError, apple_date_to_iso, message_text
+from edge_relay.chatdb import ChatDB, ChatDBError, apple_date_to_iso, message_text, row_event
 from relay_support import Messages
 
 
@@ -62,16 +62,20 @@ def test_apple_dates_in_seconds_and_nanoseconds():
     assert apple_date_to_iso(522000000 * 10**9) == "2017-07-17T16:00:00.000Z"
 
 
+def read_events(db: ChatDB, above: int) -> list:
+    marks = db.scan(above)
+    return [row_event(row) for row in db.read_rows([m.rowid for m in marks])]
+
+
 def test_reads_see_new_rows_and_never_write(messages: Messages):
     db = ChatDB(str(messages.path))
     first = messages.incoming("+15550001111", text="one")
-    rows = db.read_after(0, 10)
-    assert [r.event["guid"] for r in rows] == [first]
+    marks = db.scan(0)
+    assert [m.guid for m in marks] == [first]
     # A later write through the WAL is visible to the next read: no old snapshot is kept.
     second = messages.incoming("+15550001111", text="two")
-    rows = db.read_after(rows[-1].rowid, 10)
-    assert [r.event["guid"] for r in rows] == [second]
-    event = rows[0].event
+    [event] = read_events(db, marks[-1].rowid)
+    assert event["guid"] == second
     assert event["chat_guid"] == "any;-;+15550001111"
     assert event["handle"] == "+15550001111"
     assert event["service"] == "iMessage"
@@ -81,11 +85,11 @@ def test_reads_see_new_rows_and_never_write(messages: Messages):
         db._connect().execute("DELETE FROM message")
 
 
-def test_reactions_and_own_rows_are_skipped_but_passed(messages: Messages):
+def test_a_reaction_is_its_own_event_not_a_message(messages: Messages):
     db = ChatDB(str(messages.path))
     messages.incoming("+15550001111", text="Loved \u201chi\u201d", associated_type=2000)
-    rows = db.read_after(0, 10)
-    assert len(rows) == 1 and rows[0].event is None
+    [event] = read_events(db, 0)
+    assert event["type"] == "reaction" and "text" not in event
 
 
 def test_an_older_schema_without_newer_columns_is_read(tmp_path):
@@ -107,10 +111,10 @@ def test_an_older_schema_without_newer_columns_is_read(tmp_path):
     )
     conn.commit()
     conn.close()
-    [row] = ChatDB(str(path)).read_after(0, 10)
-    assert row.event["text"] == "hi"
-    assert row.event["date"] == "2017-07-17T16:00:00.000Z"
-    assert row.event["chat_guid"] is None
+    [event] = read_events(ChatDB(str(path)), 0)
+    assert event["text"] == "hi"
+    assert event["date"] == "2017-07-17T16:00:00.000Z"
+    assert event["chat_guid"] is None
 
 
 def test_an_unreadable_chat_db_says_what_to_check(tmp_path):

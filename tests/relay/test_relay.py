@@ -45,11 +45,12 @@ async def test_text_and_attributed_body_become_message_events(settings, backend,
         archived = messages.incoming(
             HANDLE, text=None, body=(corpus / "attributed_body" / "URL").read_bytes()
         )
-        messages.incoming(HANDLE, text="Liked", associated_type=2001)
-        await wait_for(lambda: len(backend.events()) >= 2, what="two events")
+        liked = messages.incoming(HANDLE, text="Liked", associated_type=2001)
+        await wait_for(lambda: len(backend.events()) >= 3, what="three events")
         await asyncio.sleep(0.2)
-    events = {e["guid"]: e for e in backend.events()}
-    assert set(events) == {plain, archived}  # the reaction is not a message
+    events = {e["guid"]: e for e in backend.events() if e["type"] == "message"}
+    assert set(events) == {plain, archived}  # the reaction is its own event type
+    assert [e["type"] for e in backend.events() if e["guid"] == liked] == ["reaction"]
     assert events[plain]["text"] == "plain text"
     assert events[archived]["text"] == "https://github.com/ReagentX/Logria"
     for event in events.values():
@@ -112,9 +113,9 @@ async def test_backend_down_then_up_loses_nothing(settings, backend, messages):
 async def test_a_message_waits_for_its_chat_then_goes_in_order(
     settings, backend, messages, monkeypatch
 ):
-    from edge_relay import relay as relay_module
+    from edge_relay import inbound
 
-    monkeypatch.setattr(relay_module, "INCOMPLETE_WAIT_S", 1.0)
+    monkeypatch.setattr(inbound, "INCOMPLETE_WAIT_S", 1.0)
     async with RunningRelay(settings):
         await asyncio.sleep(0.2)
         late = messages.incoming(HANDLE, text="filed late", join=False)

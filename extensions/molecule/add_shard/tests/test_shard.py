@@ -11,7 +11,7 @@ USER = "edge_sage_01"
 LABEL = "com.archety.edge.relay.sage-01"
 PLIST = f"/Users/{USER}/Library/LaunchAgents/{LABEL}.plist"
 SUPPORT = f"/Users/{USER}/Library/Application Support/edge-relay"
-LAB_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".lab"
+LAB_DIR = Path(os.environ.get("EDGE_LAB_DIR", "/tmp/edge-lab-tests/molecule-add_shard/lab"))
 
 
 def test_user_exists_and_is_hidden(host):

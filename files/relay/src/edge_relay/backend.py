@@ -81,7 +81,13 @@ class Backend:
         return await self._call("POST", "/edge/heartbeat", body)
 
     async def inbound(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
-        return await self._call("POST", "/edge/inbound", {"events": events})
+        """Forwards a batch; the answer's `accepted` is a list of guid strings, checked here."""
+        answer = await self._call("POST", "/edge/inbound", {"events": events})
+        accepted = answer.get("accepted")
+        if not isinstance(accepted, list) or not all(isinstance(g, str) for g in accepted):
+            self.last_error = "POST /edge/inbound answered without a list of accepted guids"
+            raise BackendError(self.last_error)
+        return answer
 
     async def commands(self, wait_s: int) -> List[Dict[str, Any]]:
         answer = await self._call(

@@ -9,14 +9,15 @@ ones exist before naming them.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Set, Tuple
 from urllib.parse import quote
 
-from edge_relay.body import BodyError, decode_attributed_body
+from edge_relay.body import BodyError, SummaryInfo, decode_attributed_body, decode_summary_info
 
 log = logging.getLogger("edge_relay.chatdb")
 
@@ -28,19 +29,6 @@ NANOSECOND_DATES_ABOVE = 10**11
 
 class ChatDBError(Exception):
     """chat.db cannot be read (missing, no Full Disk Access, not Messages' schema)."""
-
-
-@dataclass(frozen=True)
-class InboundRow:
-    """One new row of `message`; `event` is None when it is not forwarded (own, reaction)."""
-
-    rowid: int
-    event: Optional[Dict[str, object]]
-
-    @property
-    def complete(self) -> bool:
-        """Whether the event names its chat and handle (Messages may write the join later)."""
-        return self.event is None or bool(self.event["chat_guid"] and self.event["handle"])
 
 
 @dataclass(frozen=True)
@@ -155,69 +143,27 @@ class ChatDB:
             ]
         )
 
-    def read_after(self, rowid: int, limit: int) -> List[InboundRow]:
-        """Rows with ROWID above `rowid`, oldest first, at most `limit` of them."""
-        return self._read(lambda conn, columns: self._rows_after(conn, columns, rowid, limit))
+    def scan(self, above: int) -> List[RowMark]:
+        """Every row with ROWID above `above`, oldest first: ROWID, guid and revision only.
 
-    @staticmethod
-    def _rows_after(
-        conn: sqlite3.Connection, columns: Set[str], rowid: int, limit: int
-    ) -> List[InboundRow]:
-        def col(name: str, default: str = "NULL") -> str:
-            return f"m.{name}" if name in columns else default
+        Cheap enough to run on every change in the folder; full rows are read only for the
+        rows the relay has not settled (`read_rows`).
+        """
 
-        chat_columns = {row[1] for row in conn.execute("PRAGMA table_info(chat)")}
-        service = col("service")
-        if "service_name" in chat_columns:
-            service = f"COALESCE({service}, c.service_name)"
-        sql = f"""
-            SELECT m.ROWID, m.guid, {col("text")}, {col("attributedBody")},
-                   {col("date")}, {col("is_from_me", "0")},
-                   {col("associated_message_type", "0")}, {col("item_type", "0")},
-                   {service}, h.id,
-                   c.guid
-              FROM message m
-              LEFT JOIN handle h ON h.ROWID = {col("handle_id", "0")}
-              LEFT JOIN chat c ON c.ROWID = (
-                    SELECT j.chat_id FROM chat_message_join j
-                     WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)
-             WHERE m.ROWID > ?
-             ORDER BY m.ROWID
-             LIMIT ?"""
-        rows = []
-        for (
-            row_id,
-            guid,
-            text,
-            body,
-            date,
-            from_me,
-            assoc_type,
-            item_type,
-            service,
-            handle,
-            chat_guid,
-        ) in conn.execute(sql, (rowid, limit)):
-            # Own messages, reactions and group changes (item_type) are not messages to answer.
-            if from_me or assoc_type or item_type:
-                rows.append(InboundRow(row_id, None))
-                continue
-            event = {
-                "guid": guid,
-                "type": "message",
-                "chat_guid": chat_guid,
-                "handle": handle,
-                "text": message_text(guid, text, body),
-                # A date Messages left unset (0) is replaced by the time the row was read.
-                "date": apple_date_to_iso(date)
-                or datetime.now(timezone.utc)
-                .isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                "is_from_me": False,
-                "service": service or "unknown",
-            }
-            rows.append(InboundRow(row_id, event))
-        return rows
+        def work(conn: sqlite3.Connection, columns: Set[str]) -> List[RowMark]:
+            edited = "date_edited" if "date_edited" in columns else "0"
+            retracted = "date_retracted" if "date_retracted" in columns else "0"
+            sql = (
+                f"SELECT ROWID, guid, COALESCE({edited}, 0), COALESCE({retracted}, 0) "
+                "FROM message WHERE ROWID > ? ORDER BY ROWID"
+            )
+            return [RowMark(r, g, (e, t)) for r, g, e, t in conn.execute(sql, (above,))]
+
+        return self._read(work)
+
+    def read_rows(self, rowids: List[int]) -> List[MessageRow]:
+        """The full rows with these ROWIDs (with chat, handles and attachments), oldest first."""
+        return self._read(lambda conn, columns: _read_rows(conn, columns, rowids))
 
     def outgoing_after(self, rowid: int, mode: str, target: str) -> List[OutgoingRow]:
         """Own rows above `rowid` in the chat `target` (a chat guid or a handle), oldest first."""
@@ -253,3 +199,313 @@ class ChatDB:
         except ChatDBError as error:
             return False, str(error)
         return True, f"readable, newest message row {newest}"
+
+
+# Rows and events
+
+# associated_message_type: 2000-2007 add a reaction, 3000-3007 remove the same one.
+REACTIONS = ("love", "like", "dislike", "laugh", "emphasize", "question", "emoji", "sticker")
+REACTION_ADD = 2000
+REACTION_REMOVE = 3000
+GROUP_STYLE = 43
+# (item_type, group_action_type) of the rows Messages writes for a change of a group chat;
+# a rename (item_type 2) carries the new name in group_title whatever its action type.
+GROUP_CHANGES = {(1, 0): "member_added", (1, 1): "member_removed", (3, 0): "member_left"}
+ROWS_PER_QUERY = 500
+
+
+@dataclass(frozen=True)
+class RowMark:
+    """A row as the quick scan sees it; `revision` is (date_edited, date_retracted), 0 unset."""
+
+    rowid: int
+    guid: str
+    revision: Tuple[int, int]
+
+
+@dataclass
+class MessageRow:
+    """One `message` row with what the events need from the other tables."""
+
+    rowid: int
+    guid: str
+    text: Optional[str]
+    body: Optional[bytes]
+    date: Optional[int]
+    is_from_me: bool
+    service: Optional[str]
+    handle: Optional[str]
+    chat_guid: Optional[str]
+    chat_style: Optional[int]
+    associated_type: int = 0
+    associated_guid: Optional[str] = None
+    associated_emoji: Optional[str] = None
+    item_type: int = 0
+    group_action_type: int = 0
+    other_handle: Optional[str] = None
+    group_title: Optional[str] = None
+    date_edited: int = 0
+    date_retracted: int = 0
+    summary_info: Optional[bytes] = None
+    attachments: List[Dict[str, object]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> Optional[str]:
+        """The event type this row makes, or None for rows that are not forwarded."""
+        if REACTION_ADD <= self.associated_type < REACTION_ADD + len(REACTIONS):
+            return "reaction"
+        if REACTION_REMOVE <= self.associated_type < REACTION_REMOVE + len(REACTIONS):
+            return "reaction"
+        if self.associated_type:
+            return None  # stickers placed on a bubble, app payloads: not part of the contract
+        if self.item_type == 2 or (self.item_type, self.group_action_type) in GROUP_CHANGES:
+            return "group_change"
+        if self.item_type:
+            return None  # group photo changes, "kept" audio notes and other notices
+        return "message"
+
+    @property
+    def complete(self) -> bool:
+        """Whether Messages has filed the row in its chat and named its sender yet."""
+        return bool(self.chat_guid and (self.handle or self.kind == "group_change"))
+
+    @property
+    def is_group(self) -> bool:
+        if self.chat_style is not None:
+            return self.chat_style == GROUP_STYLE
+        return ";+;" in (self.chat_guid or "")
+
+
+def _read_rows(conn: sqlite3.Connection, columns: Set[str], rowids: List[int]) -> List[MessageRow]:
+    def col(name: str, default: str = "NULL") -> str:
+        return f"m.{name}" if name in columns else default
+
+    chat_columns = {row[1] for row in conn.execute("PRAGMA table_info(chat)")}
+    service = col("service")
+    if "service_name" in chat_columns:
+        service = f"COALESCE({service}, c.service_name)"
+    style = "c.style" if "style" in chat_columns else "NULL"
+    other = "o.id" if "other_handle" in columns else "NULL"
+    other_join = (
+        "LEFT JOIN handle o ON o.ROWID = m.other_handle" if "other_handle" in columns else ""
+    )
+    select = f"""
+        SELECT m.ROWID, m.guid, {col("text")}, {col("attributedBody")}, {col("date")},
+               {col("is_from_me", "0")}, {service}, h.id, c.guid, {style},
+               COALESCE({col("associated_message_type", "0")}, 0),
+               {col("associated_message_guid")}, {col("associated_message_emoji")},
+               COALESCE({col("item_type", "0")}, 0), COALESCE({col("group_action_type", "0")}, 0),
+               {other}, {col("group_title")},
+               COALESCE({col("date_edited", "0")}, 0), COALESCE({col("date_retracted", "0")}, 0),
+               {col("message_summary_info")}
+          FROM message m
+          LEFT JOIN handle h ON h.ROWID = {col("handle_id", "0")}
+          {other_join}
+          LEFT JOIN chat c ON c.ROWID = (
+                SELECT j.chat_id FROM chat_message_join j
+                 WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)
+         WHERE m.ROWID IN ({{marks}})"""
+    rows: List[MessageRow] = []
+    for start in range(0, len(rowids), ROWS_PER_QUERY):
+        chunk = rowids[start : start + ROWS_PER_QUERY]
+        sql = select.format(marks=",".join("?" * len(chunk)))
+        for r in conn.execute(sql, chunk):
+            rows.append(
+                MessageRow(
+                    rowid=r[0],
+                    guid=r[1],
+                    text=r[2],
+                    body=r[3],
+                    date=r[4],
+                    is_from_me=bool(r[5]),
+                    service=r[6],
+                    handle=r[7],
+                    chat_guid=r[8],
+                    chat_style=r[9],
+                    associated_type=int(r[10]),
+                    associated_guid=r[11],
+                    associated_emoji=r[12],
+                    item_type=int(r[13]),
+                    group_action_type=int(r[14]),
+                    other_handle=r[15],
+                    group_title=r[16],
+                    date_edited=int(r[17]),
+                    date_retracted=int(r[18]),
+                    summary_info=r[19],
+                )
+            )
+    _attach(conn, rows)
+    rows.sort(key=lambda row: row.rowid)
+    return rows
+
+
+def _attach(conn: sqlite3.Connection, rows: List[MessageRow]) -> None:
+    """Fills in the attachments of message rows (older schemas may lack some columns)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"attachment", "message_attachment_join"} <= tables or not rows:
+        return
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(attachment)")}
+
+    def col(name: str) -> str:
+        return f"a.{name}" if name in columns else "NULL"
+
+    by_rowid = {row.rowid: row for row in rows if row.kind == "message"}
+    if not by_rowid:
+        return
+    marks = ",".join("?" * len(by_rowid))
+    sql = f"""
+        SELECT j.message_id, {col("guid")}, {col("filename")}, {col("mime_type")},
+               {col("transfer_name")}, {col("total_bytes")}, {col("uti")}
+          FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id
+         WHERE j.message_id IN ({marks})
+         ORDER BY j.message_id, a.ROWID"""
+    for message_id, guid, filename, mime, name, size, uti in conn.execute(sql, list(by_rowid)):
+        by_rowid[message_id].attachments.append(
+            {
+                "guid": guid,
+                # Messages writes paths under the user's home as ~/Library/Messages/...
+                "path": os.path.expanduser(filename) if filename else None,
+                "mime_type": mime,
+                "uti": uti,
+                "transfer_name": name,
+                "size": int(size or 0),
+            }
+        )
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _common(row: MessageRow, event_type: str, guid: str, date: Optional[int]) -> Dict[str, object]:
+    return {
+        "guid": guid,
+        "type": event_type,
+        "chat_guid": row.chat_guid,
+        "handle": row.handle,
+        # A date Messages left unset (0) is replaced by the time the row was read.
+        "date": apple_date_to_iso(date) or _now_iso(),
+        "is_from_me": row.is_from_me,
+        "is_group": row.is_group,
+        "service": row.service or "unknown",
+    }
+
+
+def parse_target(associated_guid: Optional[str]) -> Tuple[Optional[str], int]:
+    """The guid and part a reaction points at: `p:<part>/<guid>`, `bp:<guid>` or a bare guid."""
+    if not associated_guid:
+        return None, 0
+    if associated_guid.startswith("p:") and "/" in associated_guid:
+        part, _, guid = associated_guid[2:].partition("/")
+        return guid, int(part) if part.isdigit() else 0
+    if associated_guid.startswith("bp:"):
+        return associated_guid[3:], 0
+    return associated_guid, 0
+
+
+def row_event(row: MessageRow) -> Optional[Dict[str, object]]:
+    """The event a new row makes, or None when it is not forwarded."""
+    kind = row.kind
+    if kind == "message":
+        event = _common(row, "message", row.guid, row.date)
+        event["text"] = message_text(row.guid, row.text, row.body)
+        event["attachments"] = list(row.attachments)
+        return event
+    if kind == "reaction":
+        adding = row.associated_type < REACTION_REMOVE
+        index = row.associated_type - (REACTION_ADD if adding else REACTION_REMOVE)
+        target, part = parse_target(row.associated_guid)
+        event = _common(row, "reaction", row.guid, row.date)
+        event.update(
+            {
+                "action": "add" if adding else "remove",
+                "reaction": REACTIONS[index],
+                "emoji": row.associated_emoji,
+                "target_guid": target,
+                "target_part": part,
+            }
+        )
+        return event
+    if kind == "group_change":
+        event = _common(row, "group_change", row.guid, row.date)
+        if row.item_type == 2:
+            event.update({"change": "renamed", "title": row.group_title, "member": None})
+        else:
+            change = GROUP_CHANGES[(row.item_type, row.group_action_type)]
+            member = row.other_handle if change != "member_left" else row.handle
+            event.update({"change": change, "member": member, "title": None})
+        return event
+    return None
+
+
+def _summary(row: MessageRow) -> SummaryInfo:
+    if not row.summary_info:
+        return SummaryInfo({}, [])
+    try:
+        return decode_summary_info(row.summary_info)
+    except BodyError as error:
+        log.warning("message %s: message_summary_info not decoded (%s)", row.guid, error)
+        return SummaryInfo({}, [])
+
+
+def revision_of(row: MessageRow) -> Dict[str, object]:
+    """What has been said so far about the edits and unsends of a row, to compare later."""
+    summary = _summary(row)
+    unsent = list(summary.retracted)
+    if row.date_retracted and not unsent:
+        unsent = [0]  # a retraction without a summary: the whole message, one part
+    edits = {str(part): len(history) for part, history in summary.edits.items()}
+    if row.date_edited and not edits and not unsent:
+        edits = {"0": 2}  # edited, history not recorded: the original and the current text
+    return {
+        "edited": row.date_edited,
+        "retracted": row.date_retracted,
+        "unsent": unsent,
+        "edits": edits,
+    }
+
+
+def is_unsent_whole(row: MessageRow) -> bool:
+    """Whether the message was unsent before it was ever forwarded: nothing left to say."""
+    return bool(revision_of(row)["unsent"]) and not message_text(row.guid, row.text, row.body)
+
+
+def revision_events(
+    row: MessageRow, before: Dict[str, object]
+) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
+    """`edit` and `unsend` events for what changed since `before`, and the state after them.
+
+    Their guids are built from the message guid and the change's date, so the same change
+    read again after a restart has the same guid and the backend takes it once.
+    """
+    after = revision_of(row)
+    events: List[Dict[str, object]] = []
+    summary = _summary(row)
+    before_edits = before.get("edits") or {}
+    grown = [
+        int(part)
+        for part, count in after["edits"].items()
+        if count > int(before_edits.get(part, 1))
+    ]
+    if grown:
+        parts = []
+        for part in sorted(grown):
+            history = summary.edits.get(part)
+            if history is None:  # no summary: only the current text is known
+                history = [(message_text(row.guid, row.text, row.body), None)]
+            entries = [
+                {"text": text, "date": apple_date_to_iso(int(moment * 1e9)) if moment else None}
+                for text, moment in history
+            ]
+            parts.append({"part": part, "history": entries})
+        event = _common(row, "edit", f"{row.guid}:edit:{row.date_edited}", row.date_edited)
+        event.update({"message_guid": row.guid, "text": message_text(row.guid, row.text, row.body)})
+        event["parts"] = parts
+        events.append(event)
+    new_unsent = sorted(set(after["unsent"]) - set(before.get("unsent") or []))
+    if new_unsent:
+        stamp = row.date_retracted or row.date_edited
+        event = _common(row, "unsend", f"{row.guid}:unsend:{stamp}", stamp)
+        event.update({"message_guid": row.guid, "parts": new_unsent})
+        events.append(event)
+    return events, after

@@ -12,13 +12,15 @@ from typing import Any, Dict, List, Optional
 
 from edge_relay import __version__
 from edge_relay.backend import Backend, BackendError
-from edge_relay.chatdb import ChatDB, ChatDBError, InboundRow
+from edge_relay.chatdb import ChatDB
 from edge_relay.config import Config
 from edge_relay.health import HealthServer, QueueView, judge_queue, overall
+from edge_relay.inbound import Inbound
 from edge_relay.ratelimit import SlidingWindowLimiter
 from edge_relay.sender import Sender
 from edge_relay.sendqueue import CommandError, SendQueue, command_target
 from edge_relay.state import StateStore
+from edge_relay.watcher import FolderWatcher
 
 log = logging.getLogger("edge_relay")
 
@@ -59,6 +61,10 @@ class Relay:
         self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
         self.sender = Sender(config.osascript, self.chat_db, config.send_queue.confirm_s)
         self.backend = Backend(config.backend_url, config.read_token(), config.backend_timeout_s)
+        self.inbound = Inbound(
+            self.chat_db, self.backend, self.store, config.poll_interval_s, self.take_commands
+        )
+        self.watcher = FolderWatcher(config.chat_db, self.wake_inbound)
         self.health = HealthServer(config.health.host, config.health.port, self.report)
         self.registered = False
         self.registration_detail = "not registered yet"
@@ -67,16 +73,13 @@ class Relay:
         self.depth_high_since: Optional[float] = None
         self.draining = False
         self._stop: Optional[asyncio.Event] = None
-        self._inbound_wake: Optional[asyncio.Event] = None
         self._results_wake: Optional[asyncio.Event] = None
         self._registered_event: Optional[asyncio.Event] = None
-        self._incomplete_since: Dict[str, float] = {}
 
     # The interface a folder watcher uses: new rows may be in chat.db, read now.
 
     def wake_inbound(self) -> None:
-        if self._inbound_wake is not None:
-            self._inbound_wake.set()
+        self.inbound.wake()
 
     def request_drain(self) -> None:
         if self._stop is not None and not self._stop.is_set():
@@ -96,8 +99,8 @@ class Relay:
         checks = {
             "chat_db": {"ok": chat_ok, "detail": chat_detail},
             "backend": {
-                "ok": self.backend.reachable,
-                "detail": self.backend.last_error or "reachable",
+                "ok": self.backend.reachable and self.inbound.problem is None,
+                "detail": self.inbound.problem or self.backend.last_error or "reachable",
             },
             "registered": {"ok": self.registered, "detail": self.registration_detail},
             "messages": {
@@ -119,7 +122,6 @@ class Relay:
 
     async def run(self) -> int:
         self._stop = asyncio.Event()
-        self._inbound_wake = asyncio.Event()
         self._results_wake = asyncio.Event()
         self._registered_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -140,6 +142,7 @@ class Relay:
         workers = [
             asyncio.ensure_future(self._register_and_heartbeat()),
             asyncio.ensure_future(self._inbound_loop()),
+            asyncio.ensure_future(self.watcher.run()),
             asyncio.ensure_future(self._commands_loop()),
             asyncio.ensure_future(self._results_loop()),
         ]
@@ -236,103 +239,9 @@ class Relay:
 
     # Inbound
 
-    async def _start_cursor(self) -> int:
-        """The stored cursor; on first start, "now", recorded before anything is read."""
-        backoff = Backoff()
-        while True:
-            cursor = self.store.cursor()
-            if cursor is not None:
-                return cursor
-            try:
-                newest = await asyncio.to_thread(self.chat_db.max_rowid)
-            except ChatDBError as error:
-                log.error("first start: %s", error)
-                await asyncio.sleep(backoff.take())
-                continue
-            self.store.set_cursor(newest)
-            log.info("first start: reading from now on (message row %d); history skipped", newest)
-
     async def _inbound_loop(self) -> None:
         await self._registered_event.wait()
-        cursor = await self._start_cursor()
-        backoff = Backoff()
-        unreadable = False
-        while True:
-            try:
-                rows = await asyncio.to_thread(self.chat_db.read_after, cursor, INBOUND_BATCH)
-            except ChatDBError as error:
-                if not unreadable:
-                    log.error("%s", error)
-                unreadable = True
-                await self._sleep(self.config.poll_interval_s, self._inbound_wake)
-                continue
-            if unreadable:
-                log.info("chat.db is readable again")
-            unreadable = False
-            rows = self._hold_back_incomplete(rows)
-            if not rows:
-                await self._sleep(self.config.poll_interval_s, self._inbound_wake)
-                continue
-
-            events = [row.event for row in rows if row.event is not None]
-            if not events:
-                cursor = rows[-1].rowid
-                self.store.set_cursor(cursor)
-                continue
-            try:
-                answer = await self.backend.inbound(events)
-            except BackendError as error:
-                wait = backoff.take()
-                log.warning(
-                    "forwarding %d event(s) failed (%s); retrying in %g s", len(events), error, wait
-                )
-                await asyncio.sleep(wait)
-                continue
-            backoff.reset()
-
-            accepted = {guid for guid in answer.get("accepted") or [] if isinstance(guid, str)}
-            # The cursor passes a row only when it and every row before it are settled.
-            advanced = cursor
-            for row in rows:
-                if row.event is not None and row.event["guid"] not in accepted:
-                    break
-                advanced = row.rowid
-            log.info(
-                "batch forwarded: %d event(s), %d accepted, guids %s",
-                len(events),
-                len(accepted),
-                ",".join(event["guid"] for event in events),
-            )
-            if advanced > cursor:
-                cursor = advanced
-                self.store.set_cursor(cursor)
-            self.take_commands(answer.get("commands") or [])
-            if advanced < rows[-1].rowid:
-                wait = backoff.take()
-                log.warning("the backend left some events unaccepted; resending in %g s", wait)
-                await asyncio.sleep(wait)
-
-    def _hold_back_incomplete(self, rows: List[InboundRow]) -> List[InboundRow]:
-        """Rows up to the first whose chat or handle Messages has not written yet.
-
-        Messages may write a message before its chat_message_join row; such a row waits a
-        little, and if it is still incomplete after INCOMPLETE_WAIT_S it is skipped, since the
-        backend cannot accept an event without its chat and handle.
-        """
-        now = time.monotonic()
-        for index, row in enumerate(rows):
-            if row.complete:
-                if row.event is not None:
-                    self._incomplete_since.pop(row.event["guid"], None)
-                continue
-            guid = row.event["guid"]
-            first_seen = self._incomplete_since.setdefault(guid, now)
-            if now - first_seen < INCOMPLETE_WAIT_S:
-                return rows[:index]
-            log.warning("message %s has no chat or handle in chat.db; not forwarded", guid)
-            rows[index] = InboundRow(row.rowid, None)
-            self._incomplete_since.pop(guid, None)
-        return rows
+        await self.inbound.run()
 
     # Outbound
 
