@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from . import humans, lab
+from . import hosts, humans, lab
 from .layout import LabError, host_by_name, lab_dir
 
 ENVIRONMENT = """environment (defaults suit one lab per machine; tests set them to run beside it):
@@ -36,6 +36,11 @@ def _parser():
     run = commands.add_parser("exec", help="run a command as root inside a host")
     run.add_argument("host")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    cut = commands.add_parser("cut", help="cut a host off: freeze all its processes")
+    cut.add_argument("host")
+    restore = commands.add_parser("restore", help="undo cut: the host's processes continue")
+    restore.add_argument("host")
 
     gui = commands.add_parser("gui", help="log a user in or out at the GUI")
     gui.add_argument("action", choices=("login", "logout"))
@@ -80,6 +85,12 @@ def _run(args):
         if not args.cmd:
             raise LabError("edge-lab exec needs a command to run, e.g. edge-lab exec mini-01 id")
         return lab.exec_in(host_by_name(args.host), args.cmd).returncode
+    elif args.command == "cut":
+        count = hosts.cut(host_by_name(args.host))
+        print(f"{args.host}  cut off ({count} processes stopped)")
+    elif args.command == "restore":
+        was_cut = hosts.restore(host_by_name(args.host))
+        print(f"{args.host}  {'restored' if was_cut else 'was not cut off'}")
     elif args.command == "gui":
         humans.gui(args.action, args.host, args.user)
     elif args.command == "imessage":

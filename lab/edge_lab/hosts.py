@@ -1,5 +1,6 @@
 """Making, starting, finding and stopping the lab's hosts (simulated Mac minis)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -369,6 +370,8 @@ def stop(host, timeout=10):
         return None
     init_pid = record["init_pid"]
     running = is_running(host)
+    # A stopped process would hold the SIGTERM until the timeout; let a cut host end cleanly.
+    restore(host)
     if running:
         os.kill(init_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -381,6 +384,61 @@ def stop(host, timeout=10):
         time.sleep(0.05)
     host.record.unlink(missing_ok=True)
     return record["pid_ns"] if running else None
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _cut_marker(host):
+    return host.dir / "cut"
+
+
+def is_cut(host):
+    return _cut_marker(host).exists()
+
+
+def cut(host, timeout=10):
+    """Cut the host off as a Mac that lost its network or hung would be: every process of it
+    (sshd, launchd, the relays) is stopped with SIGSTOP, so SSH connects but never answers.
+
+    Processes forked while the signals go out are caught by the next pass; returns how many
+    processes were frozen.
+    """
+    if not is_running(host):
+        raise LabError(f"{host.name} is not running; run edge-lab up first")
+    namespace = read_record(host)["pid_ns"]
+    _cut_marker(host).write_text("frozen with SIGSTOP by edge-lab cut\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [pid for pid in processes_in({namespace}) if _state(pid) not in ("T", "t", None)]
+        if not running:
+            return len(processes_in({namespace}))
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"processes {running} of {host.name} kept running after SIGSTOP; "
+                f"run edge-lab restore {host.name} and try again"
+            )
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)
+
+
+def restore(host):
+    """Undo cut: every process of the host continues where it stopped."""
+    record = read_record(host)
+    if record and is_running(host):
+        for pid in processes_in({record["pid_ns"]}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    was_cut = is_cut(host)
+    _cut_marker(host).unlink(missing_ok=True)
+    return was_cut
 
 
 def processes_in(pid_namespaces):
