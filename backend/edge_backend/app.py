@@ -43,6 +43,8 @@ class Settings:
     command_ttl_s: float = 600.0
     heartbeat_interval_s: int = 30
     max_wait_s: float = 30.0
+    # A pause before each answer to POST /edge/inbound: a slow backend, for benchmarks.
+    inbound_delay_s: float = 0.0
 
 
 def utc_now() -> datetime:
@@ -208,6 +210,8 @@ class Backend:
         )
         if outcome.replies:
             self.signals.notify(shard["shard_id"])
+        if self.settings.inbound_delay_s:
+            await asyncio.sleep(self.settings.inbound_delay_s)
         log.info(
             "shard %s inbound: %d events, %d new (%s), %d replies queued, %d users assigned,"
             " canary answers %s",
@@ -399,25 +403,49 @@ def check_handle(value: Any) -> str:
     return value
 
 
-def check_event(index: int, event: Any) -> None:
-    where = f"event {index}"
-    if not isinstance(event, dict):
-        raise BadRequest(f"{where} must be an object")
-    for name in ("guid", "type"):
+EVENT_TYPES = ("message", "reaction", "edit", "unsend", "group_change")
+REACTION_NAMES = ("love", "like", "dislike", "laugh", "emphasize", "question", "emoji", "sticker")
+GROUP_CHANGES = ("member_added", "member_removed", "member_left", "renamed")
+
+
+def _require_text(where: str, event: dict, *names: str) -> None:
+    for name in names:
         if not isinstance(event.get(name), str) or not event[name]:
             raise BadRequest(f"{where}: field '{name}' is required and must be a non-empty string")
-    if event["type"] != "message":
+
+
+def _optional_text(where: str, event: dict, *names: str) -> None:
+    for name in names:
+        if event.get(name) is not None and not isinstance(event[name], str):
+            raise BadRequest(f"{where}: field '{name}' must be a string or null")
+
+
+def _check_parts(where: str, parts: Any) -> None:
+    if parts is not None and (
+        not isinstance(parts, list)
+        or not parts
+        or not all(isinstance(p, (int, dict)) and not isinstance(p, bool) for p in parts)
+    ):
+        raise BadRequest(f"{where}: field 'parts' must be a non-empty list of parts")
+
+
+def _check_attachments(where: str, attachments: Any) -> None:
+    if attachments is None:
         return
-    where = f"event {index} ({event['guid']})"
-    for name in ("chat_guid", "handle", "date", "service"):
-        if not isinstance(event.get(name), str) or not event[name]:
-            raise BadRequest(f"{where}: field '{name}' is required and must be a non-empty string")
-    if "text" not in event or not (event["text"] is None or isinstance(event["text"], str)):
-        raise BadRequest(f"{where}: field 'text' is required and must be a string or null")
-    if not isinstance(event.get("is_from_me"), bool):
-        raise BadRequest(f"{where}: field 'is_from_me' is required and must be true or false")
+    if not isinstance(attachments, list):
+        raise BadRequest(f"{where}: field 'attachments' must be a list of attachments")
+    for number, item in enumerate(attachments):
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}: attachment {number} must be an object")
+        _optional_text(f"{where}, attachment {number}", item, "path", "mime_type", "transfer_name")
+        size = item.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise BadRequest(f"{where}, attachment {number}: field 'size' must be bytes, 0 or more")
+
+
+def _check_date(where: str, value: Any) -> None:
     try:
-        moment = datetime.fromisoformat(event["date"])
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         moment = None
     if moment is None or moment.utcoffset() is None:
@@ -425,6 +453,48 @@ def check_event(index: int, event: Any) -> None:
             f"{where}: field 'date' must be an ISO 8601 time with a zone, such as"
             " 2024-05-01T12:00:00Z"
         )
+
+
+def check_event(index: int, event: Any) -> None:
+    """A `message` carries every field; the other types need their own key fields, and any
+    common field they carry must have the right type."""
+    where = f"event {index}"
+    if not isinstance(event, dict):
+        raise BadRequest(f"{where} must be an object")
+    _require_text(where, event, "guid", "type")
+    if event["type"] not in EVENT_TYPES:
+        raise BadRequest(
+            f"{where}: field 'type' must be one of {', '.join(EVENT_TYPES)}, not {event['type']!r}"
+        )
+    where = f"event {index} ({event['guid']})"
+    kind = event["type"]
+    if kind == "message":
+        _require_text(where, event, "chat_guid", "handle", "date", "service")
+        if "text" not in event or not (event["text"] is None or isinstance(event["text"], str)):
+            raise BadRequest(f"{where}: field 'text' is required and must be a string or null")
+        if not isinstance(event.get("is_from_me"), bool):
+            raise BadRequest(f"{where}: field 'is_from_me' is required and must be true or false")
+        _check_attachments(where, event.get("attachments"))
+    else:
+        _optional_text(where, event, "chat_guid", "handle", "service", "text")
+        if "is_from_me" in event and not isinstance(event["is_from_me"], bool):
+            raise BadRequest(f"{where}: field 'is_from_me' must be true or false")
+    if "date" in event:
+        _check_date(where, event["date"])
+
+    if kind == "reaction":
+        _require_text(where, event, "target_guid")
+        if event.get("action") not in (None, "add", "remove"):
+            raise BadRequest(f"{where}: field 'action' must be 'add' or 'remove'")
+        if event.get("reaction") not in (None, *REACTION_NAMES):
+            raise BadRequest(
+                f"{where}: field 'reaction' must be one of {', '.join(REACTION_NAMES)}"
+            )
+    elif kind in ("edit", "unsend"):
+        _require_text(where, event, "message_guid")
+        _check_parts(where, event.get("parts"))
+    elif kind == "group_change" and event.get("change") not in GROUP_CHANGES:
+        raise BadRequest(f"{where}: field 'change' must be one of {', '.join(GROUP_CHANGES)}")
 
 
 def wait_seconds(request: web.Request, max_wait_s: float) -> float:

@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
         default=600.0,
         help="lifetime of a reply command (its expires_at)",
     )
+    serve.add_argument(
+        "--response-delay-ms",
+        type=int,
+        default=0,
+        help="wait this long before answering each POST /edge/inbound (a slow backend)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return top
 
@@ -140,11 +146,14 @@ def serve(args: argparse.Namespace) -> int:
     for name in ("lease_timeout_s", "canary_timeout_s", "command_ttl_s"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be more than 0")
+    if args.response_delay_ms < 0:
+        raise UsageError("--response-delay-ms must be 0 or more")
     settings = Settings(
         admin_token=read_admin_token(args.admin_token_file),
         lease_timeout_s=args.lease_timeout_s,
         canary_timeout_s=args.canary_timeout_s,
         command_ttl_s=args.command_ttl_s,
+        inbound_delay_s=args.response_delay_ms / 1000.0,
     )
     db = open_database(args.dsn)
     try:
