@@ -742,9 +742,15 @@ class Launchd:
     # -- Messages.app ---------------------------------------------------------------------
 
     def op_messages_send(
-        self, caller: int, mode: str, target: str, bubbles: List[str], asuser=None
+        self, caller: int, mode: str, target: str, parts: List[List[str]], asuser=None
     ) -> Dict[str, Any]:
-        """Messages answering the relay's script: checks, then one outgoing row per bubble."""
+        """Messages answering the relay's script: checks, then one outgoing row per part.
+
+        ``parts`` are ``[kind, value]`` pairs: ``text`` and the text, or ``file`` and a POSIX
+        path. A file Messages cannot reach (outside the user's ~/Library/Messages and
+        ~/Pictures, or not readable by the user) is accepted and then fails, as on a Mac:
+        osascript succeeds and the row is marked failed.
+        """
         # launchctl asuser runs a command as root in the user's session: its
         # Apple events reach that user's Messages.
         uid = int(asuser) if caller == 0 and asuser is not None else caller
@@ -752,8 +758,14 @@ class Launchd:
             raise RequestError(
                 1, "execution error: Messages got an error: Invalid key form. (-10002)"
             )
-        if not isinstance(bubbles, list) or not all(isinstance(b, str) for b in bubbles):
-            raise RequestError(64, "bubbles must be a list of strings")
+        if not isinstance(parts, list) or not all(
+            isinstance(p, list)
+            and len(p) == 2
+            and p[0] in ("text", "file")
+            and isinstance(p[1], str)
+            for p in parts
+        ):
+            raise RequestError(64, "parts must be a list of [kind, value] pairs")
         if f"gui/{uid}" not in self.domains:
             raise RequestError(
                 -600, "execution error: Messages got an error: Application isn't running. (-600)"
@@ -781,25 +793,98 @@ class Launchd:
             )
 
         recipients = [target] if mode == "handle" else messages.chat_handles(chat_db, target)
-        failing = set(state.get("undeliverable") or []) & set(recipients)
-        guids = [
-            messages.add_outgoing(chat_db, target=target, mode=mode, text=b, account_phone=phone)
-            for b in bubbles
-        ]
-        self.loop.call_later(SEND_OUTCOME_DELAY_S, self._send_outcome, chat_db, guids, failing)
+        failing = bool(set(state.get("undeliverable") or []) & set(recipients))
+        outcomes = []
+        for kind, value in parts:
+            if kind == "text":
+                guid = messages.add_outgoing(
+                    chat_db, target=target, mode=mode, text=value, account_phone=phone
+                )
+                outcomes.append((guid, failing))
+            else:
+                guid, reachable = self._outgoing_file(chat_db, account, target, mode, value, phone)
+                outcomes.append((guid, failing or not reachable))
+        self.loop.call_later(SEND_OUTCOME_DELAY_S, self._send_outcome, chat_db, outcomes)
+        guids = [guid for guid, _ in outcomes]
         log.info("Messages: %s queued %d bubble(s) %s", account.name, len(guids), ",".join(guids))
         return {"status": 0, "guids": guids}
 
+    def _outgoing_file(
+        self, chat_db: Path, account: Account, target: str, mode: str, path: str, phone: str
+    ) -> Tuple[str, bool]:
+        """The row of a file sent (U+FFFC and its attachment), and whether Messages can read it.
+
+        A file Messages can read is copied into ~/Library/Messages/Attachments, as Messages
+        does, and the attachment row points at the copy.
+        """
+        home = account.home.rstrip("/")
+        reach = (f"{home}/Library/Messages/", f"{home}/Pictures/")
+        normal = os.path.normpath(path)
+        source = under_root(self.root, normal)
+        reachable = normal.startswith(reach) and self._user_can_read(source, account)
+        guid = messages.add_outgoing(
+            chat_db, target=target, mode=mode, text="\ufffc", account_phone=phone
+        )
+        name = os.path.basename(normal)
+        copy = f"{home}/Library/Messages/Attachments/{guid[-2:]}/{guid}/{name}"
+        size = 0
+        if reachable:
+            stored = under_root(self.root, copy)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_bytes(source.read_bytes())
+            os.chown(stored, account.uid, account.gid)
+            size = stored.stat().st_size
+        conn = messages.connect(chat_db)
+        try:
+            with conn:
+                attachment = conn.execute(
+                    "INSERT INTO attachment (guid, original_guid, created_date, filename, "
+                    "transfer_name, total_bytes, is_outgoing, transfer_state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                    (
+                        f"at_0_{guid}",
+                        f"at_0_{guid}",
+                        messages.apple_now(),
+                        copy.replace(home, "~", 1),
+                        name,
+                        size,
+                        5 if reachable else 6,
+                    ),
+                ).lastrowid
+                conn.execute("UPDATE message SET cache_has_attachments = 1 WHERE guid = ?", (guid,))
+                conn.execute(
+                    "INSERT INTO message_attachment_join (message_id, attachment_id) "
+                    "SELECT ROWID, ? FROM message WHERE guid = ?",
+                    (attachment, guid),
+                )
+        finally:
+            conn.close()
+        return guid, reachable
+
+    def _user_can_read(self, path: Path, account: Account) -> bool:
+        """Whether `account` may read the file at `path`, by its owner, group and mode."""
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        if info.st_uid == account.uid:
+            return bool(info.st_mode & stat.S_IRUSR)
+        if info.st_gid in group_ids(self.root, account):
+            return bool(info.st_mode & stat.S_IRGRP)
+        return bool(info.st_mode & stat.S_IROTH)
+
     @staticmethod
-    def _send_outcome(chat_db: Path, guids: List[str], failing) -> None:
-        error = messages.SEND_FAILED_ERROR if failing else 0
-        for guid in guids:
+    def _send_outcome(chat_db: Path, outcomes: List[Tuple[str, bool]]) -> None:
+        for guid, failed in outcomes:
+            error = messages.SEND_FAILED_ERROR if failed else 0
             try:
                 messages.mark_sent(chat_db, guid, error=error)
             except Exception as exc:  # the database may be gone: the host is being torn down
                 log.error("Messages: cannot record the outcome of %s: %s", guid, exc)
                 return
-        log.info("Messages: %s %s", "failed" if error else "sent", ",".join(guids))
+            log.info("Messages: %s %s", "failed" if error else "sent", guid)
 
     # -- serving ----------------------------------------------------------------------------
 

@@ -151,7 +151,10 @@ FAKE_OSASCRIPT = textwrap.dedent(
 
     Behaviour comes from behaviour.json beside it: "send" writes the outgoing rows as Messages
     does; "error:<n>" fails like AppleScript error n; "row-error" writes rows with error set;
-    "silent" exits 0 and writes nothing; "sleep:<s>" waits before sending.
+    "silent" exits 0 and writes nothing; "sleep:<s>" waits before sending. After mode and
+    target come pairs of kind ("text" or "file") and value. A file part becomes a row whose
+    text is U+FFFC with its attachment; a file outside ~/Library/Messages or ~/Pictures, or
+    unreadable, is the row Messages marks failed while osascript still exits 0.
     """
     import json, os, sqlite3, sys, time, uuid
 
@@ -164,7 +167,11 @@ FAKE_OSASCRIPT = textwrap.dedent(
     if open(script).read() != behaviour["expected_script"]:
         sys.stderr.write("osascript: this stand-in runs only the relay's Messages script\\n")
         sys.exit(1)
-    mode, target, bubbles = sys.argv[2], sys.argv[3], sys.argv[4:]
+    mode, target, rest = sys.argv[2], sys.argv[3], sys.argv[4:]
+    if len(rest) % 2 or any(kind not in ("text", "file") for kind in rest[::2]):
+        sys.stderr.write(f"{{script}}: execution error: Can't get item. Invalid index. (-1719)\\n")
+        sys.exit(1)
+    parts = list(zip(rest[::2], rest[1::2]))
     action = behaviour["action"]
     if action.startswith("sleep:"):
         time.sleep(float(action.split(":")[1]))
@@ -183,14 +190,31 @@ FAKE_OSASCRIPT = textwrap.dedent(
         else:
             chat = conn.execute("SELECT ROWID, chat_identifier FROM chat "
                                 "WHERE chat_identifier = ?", (target,)).fetchone()
+            if chat is None:  # a first message to this handle opens the direct chat
+                conn.execute("INSERT OR IGNORE INTO handle (id, service) "
+                             "VALUES (?, 'iMessage')", (target,))
+                conn.execute("INSERT INTO chat (guid, style, chat_identifier, service_name) "
+                             "VALUES (?, 45, ?, 'iMessage')", ("any;-;" + target, target))
+                chat = conn.execute("SELECT ROWID, chat_identifier FROM chat "
+                                    "WHERE chat_identifier = ?", (target,)).fetchone()
         handle = conn.execute("SELECT ROWID FROM handle WHERE id = ?", (chat[1],)).fetchone()
-        for bubble in bubbles:
+        for kind, value in parts:
             error = 22 if action == "row-error" else 0
+            text = value
+            if kind == "file":
+                text = "\\ufffc"
+                reachable = "/Library/Messages/" in value or "/Pictures/" in value
+                if not (reachable and os.access(value, os.R_OK)):
+                    error = 22
+                with open(os.path.join(here, "files.jsonl"), "a") as f:
+                    f.write(json.dumps([value, open(value, "rb").read().hex()
+                                        if os.access(value, os.R_OK) else None]) + "\\n")
             rowid = conn.execute(
                 "INSERT INTO message (guid, text, handle_id, service, date, is_from_me, "
-                "is_sent, is_delivered, error) VALUES (?, ?, ?, 'iMessage', ?, 1, ?, ?, ?)",
-                (str(uuid.uuid4()).upper(), bubble, handle[0], 0,
-                 0 if error else 1, 0 if error else 1, error)).lastrowid
+                "is_sent, is_delivered, error, cache_has_attachments) "
+                "VALUES (?, ?, ?, 'iMessage', ?, 1, ?, ?, ?, ?)",
+                (str(uuid.uuid4()).upper(), text, handle[0], 0,
+                 0 if error else 1, 0 if error else 1, error, int(kind == "file"))).lastrowid
             conn.execute("INSERT INTO chat_message_join (chat_id, message_id) VALUES (?, ?)",
                          (chat[0], rowid))
     '''
@@ -219,6 +243,13 @@ class Osascript:
             "expected_script": self.expected_script,
         }
         (self.folder / "behaviour.json").write_text(json.dumps(behaviour))
+
+    def files(self) -> List[List[Optional[str]]]:
+        """[path, content in hex or None] of each file part Messages was asked to send."""
+        log = self.folder / "files.jsonl"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
 
     def calls(self) -> List[List[str]]:
         log = self.folder / "calls.jsonl"

@@ -32,7 +32,7 @@ def test_a_good_configuration_is_read_with_its_values(good):
     assert config.shard_id == "sage-01"
     assert config.phone_number == "+15551230001"
     assert config.send_queue.backoff_s == (0.1, 0.1, 0.1)
-    assert config.rate_limit_per_minute == 120
+    assert config.rate_limit.per_minute == 120
     assert config.read_token().startswith("tok-")
 
 
@@ -40,7 +40,9 @@ def test_defaults_follow_the_design(good):
     for key in ("rate_limit", "send_queue", "poll_interval_s", "log_level"):
         del good[key]
     config = parse(good)
-    assert config.rate_limit_per_minute == 120
+    assert config.rate_limit.per_minute == 120
+    assert config.rate_limit.per_recipient_per_minute == 30
+    assert config.rate_limit.first_contact_per_hour == 20
     assert config.send_queue.max_depth == 500
     assert config.send_queue.retries == 3
     assert config.send_queue.backoff_s == (2.0, 4.0, 8.0)

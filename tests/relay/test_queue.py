@@ -68,6 +68,8 @@ def test_figures_count_and_drops_happen_only_when_full(queue_factory):
         "totalEnqueued": 0,
         "totalDelivered": 0,
         "totalDropped": 0,
+        "totalExpired": 0,
+        "totalUncertain": 0,
     }
     assert queue.enqueue(command(1), 1.0) == "queued"
     assert queue.enqueue(command(2), 1.0) == "queued"
@@ -79,6 +81,8 @@ def test_figures_count_and_drops_happen_only_when_full(queue_factory):
         "totalEnqueued": 2,
         "totalDelivered": 1,
         "totalDropped": 1,
+        "totalExpired": 0,
+        "totalUncertain": 0,
     }
     # The dropped command is answered as failed, with the reason.
     results = dict((cid, (status, detail)) for cid, status, detail in queue.store.pending_results())
@@ -97,6 +101,8 @@ def test_figures_and_items_survive_a_restart(queue_factory):
         "totalEnqueued": 2,
         "totalDelivered": 1,
         "totalDropped": 0,
+        "totalExpired": 0,
+        "totalUncertain": 0,
     }
     assert again.items[0]["command_id"] == "cmd-2"
 

@@ -24,7 +24,14 @@ async def test_registers_then_heartbeats_with_queue_figures(settings, backend):
     assert backend.registrations[0]["version"]
     beat = backend.heartbeats[0]
     assert beat["agent_id"] == "sage-01"
-    assert set(beat["send_queue"]) == {"depth", "totalEnqueued", "totalDelivered", "totalDropped"}
+    assert set(beat["send_queue"]) == {
+        "depth",
+        "totalEnqueued",
+        "totalDelivered",
+        "totalDropped",
+        "totalExpired",
+        "totalUncertain",
+    }
 
 
 async def test_history_before_the_first_start_is_never_forwarded(settings, backend, messages):
@@ -158,7 +165,14 @@ async def test_a_send_is_delivered_once_messages_wrote_the_row(settings, backend
         await wait_for(lambda: "c1" in backend.results, what="the result of c1")
         figures = relay.queue.figures()
     assert backend.results["c1"]["status"] == "delivered"
-    assert figures == {"depth": 0, "totalEnqueued": 1, "totalDelivered": 1, "totalDropped": 0}
+    assert figures == {
+        "depth": 0,
+        "totalEnqueued": 1,
+        "totalDelivered": 1,
+        "totalDropped": 0,
+        "totalExpired": 0,
+        "totalUncertain": 0,
+    }
     rows = messages.rows("SELECT text, is_sent FROM message WHERE is_from_me = 1 ORDER BY ROWID")
     assert rows == [("hello", 1), ("second bubble", 1)]
 
@@ -169,7 +183,7 @@ async def test_a_send_by_handle_uses_handle_mode(settings, backend, messages, os
         backend.queue_command(send_command("c1", "hi", handle=HANDLE))
         await wait_for(lambda: "c1" in backend.results, what="the result")
     assert backend.results["c1"]["status"] == "delivered"
-    assert osascript.calls()[0][1:] == ["handle", HANDLE, "hi"]
+    assert osascript.calls()[0][1:] == ["handle", HANDLE, "text", "hi"]
 
 
 async def test_an_applescript_error_is_retried_then_failed_with_its_reason(
@@ -255,7 +269,9 @@ async def test_text_reaches_osascript_literally_as_arguments(
         backend.queue_command(send_command("c1", *tricky))
         await wait_for(lambda: "c1" in backend.results, what="the result")
     [call] = osascript.calls()
-    assert call[1:] == ["chat", CHAT, *tricky]
+    assert call[1:3] == ["chat", CHAT]
+    assert call[3::2] == ["text"] * len(tricky)
+    assert call[4::2] == tricky
     sent = messages.rows("SELECT text FROM message WHERE is_from_me = 1 ORDER BY ROWID")
     assert [t for (t,) in sent] == tricky
 
@@ -301,6 +317,8 @@ async def test_a_full_queue_drops_counts_and_warns(settings, backend, messages, 
         "totalEnqueued": 2,
         "totalDelivered": 1,
         "totalDropped": 1,
+        "totalExpired": 0,
+        "totalUncertain": 0,
     }
     assert report["status"] == "warning"
 
@@ -327,6 +345,8 @@ async def test_health_json_and_status_codes(settings, backend, messages, tmp_pat
         "totalEnqueued": 0,
         "totalDelivered": 0,
         "totalDropped": 0,
+        "totalExpired": 0,
+        "totalUncertain": 0,
     }
     for name in ("chat_db", "backend", "registered"):
         assert healthy["checks"][name]["ok"] is True

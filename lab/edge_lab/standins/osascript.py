@@ -1,8 +1,11 @@
 """macOS's ``osascript``, played by the lab for one script only: the relay's Messages script.
 
-``osascript FILE mode target bubble...`` runs the relay's script, whose ``run`` handler
+``osascript FILE mode target kind value...`` runs the relay's script, whose ``run`` handler
 gets the arguments: mode ``chat`` sends to ``chat id target``, any other mode to the
-participant ``target`` of the iMessage account, then each bubble is sent in order. The
+participant ``target`` of the iMessage account, then each pair is sent in order: kind
+``file`` sends the file at the POSIX path ``value``, any other kind sends ``value`` as text
+(the script's ``else``). An odd number of pair items fails where the script would, reading
+the missing item. The
 Apple events go to the host's Messages stand-in (inside the launchd stand-in), which
 checks what Messages and macOS's privacy controls would: a GUI session, the Automation
 grant, an iMessage account, and the chat. Failures are reported as osascript reports a
@@ -24,8 +27,9 @@ RELAY_SCRIPT = (
 
 # What the relay ships, for a checkout where the relay's file is not there.
 RELAY_SCRIPT_TEXT = """\
--- Sends one or more bubbles through Messages.
--- Arguments: mode ("chat" or "handle"), target (chat guid or handle), then the bubbles.
+-- Sends bubbles and files through Messages, in order.
+-- Arguments: mode ("chat" or "handle"), target (chat guid or handle), then pairs of
+-- kind ("text" or "file") and value (the text, or the POSIX path of a staged file).
 on run argv
 	set sendMode to item 1 of argv
 	set targetId to item 2 of argv
@@ -36,8 +40,14 @@ on run argv
 			set imessageAccount to 1st account whose service type = iMessage
 			set recipientRef to participant targetId of imessageAccount
 		end if
-		repeat with i from 3 to (count of argv)
-			send (item i of argv) to recipientRef
+		repeat with i from 3 to (count of argv) by 2
+			set partKind to item i of argv
+			set partValue to item (i + 1) of argv
+			if partKind is "file" then
+				send (POSIX file partValue) to recipientRef
+			else
+				send partValue to recipientRef
+			end if
 		end repeat
 	end tell
 end run
@@ -89,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if _collapsed(source) != _collapsed(relay_script_text()):
         print(REFUSAL, file=sys.stderr)
         return 1
-    if len(run_args) < 2:
+    if len(run_args) < 2 or len(run_args) % 2:
         print(_argv_error(script, source, run_args), file=sys.stderr)
         return 1
 
@@ -100,7 +110,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             "messages_send",
             mode=mode,
             target=run_args[1],
-            bubbles=run_args[2:],
+            parts=[
+                ["file" if kind == "file" else "text", value]
+                for kind, value in zip(run_args[2::2], run_args[3::2])
+            ],
             asuser=os.environ.get(ASUSER_ENV),
         )
     except ConnectionError:

@@ -40,6 +40,13 @@ class HealthConfig:
     depth_critical_after_s: float = 60.0
     drops_window_s: float = 900.0
     drops_warning: int = 5
+    # The drop rate is judged only over at least this many commands: with a handful, one drop
+    # would already be "1% or more" and mark the shard critical.
+    drop_rate_min_sample: int = 100
+    drop_rate_critical: float = 0.01
+    # Warn when the newest incoming message is older than this; 0 leaves it unjudged (a quiet
+    # night is not a fault for most personas).
+    inbound_quiet_warning_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,15 @@ class SendQueueConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    per_minute: int = 120
+    # One chat may use a quarter of the shard's budget, so others still get through.
+    per_recipient_per_minute: int = 30
+    # New conversations are what spam filters watch: a few an hour keeps the number safe.
+    first_contact_per_hour: int = 20
+
+
+@dataclass(frozen=True)
 class Config:
     shard_id: str
     persona: str
@@ -65,11 +81,21 @@ class Config:
     host: Optional[str] = None
     backend_timeout_s: float = 10.0
     health: HealthConfig = field(default_factory=HealthConfig)
-    rate_limit_per_minute: int = 120
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     send_queue: SendQueueConfig = field(default_factory=SendQueueConfig)
     poll_interval_s: float = 1.0
     osascript: str = "/usr/bin/osascript"
+    launchctl: str = "/bin/launchctl"
+    # Empty: the default, a folder beside chat.db (see attachments_folder).
+    attachments_dir: str = ""
     log_level: str = "INFO"
+
+    @property
+    def attachments_folder(self) -> str:
+        """Where attachments are staged: a folder Messages may read from."""
+        if self.attachments_dir:
+            return self.attachments_dir
+        return os.path.join(os.path.dirname(self.chat_db), "Attachments-staging", "edge-relay")
 
     def read_token(self) -> str:
         """The bearer token; only called after `load` checked the file."""
@@ -90,6 +116,8 @@ TOP_KEYS = {
     "send_queue",
     "poll_interval_s",
     "osascript",
+    "launchctl",
+    "attachments_dir",
     "log_level",
 }
 BACKEND_KEYS = {"url", "token_file", "timeout_s"}
@@ -101,8 +129,11 @@ HEALTH_KEYS = {
     "depth_critical_after_s",
     "drops_window_s",
     "drops_warning",
+    "drop_rate_min_sample",
+    "drop_rate_critical",
+    "inbound_quiet_warning_s",
 }
-RATE_KEYS = {"per_minute"}
+RATE_KEYS = {"per_minute", "per_recipient_per_minute", "first_contact_per_hour"}
 QUEUE_KEYS = {"max_depth", "retries", "backoff_s", "expiry_s", "tick_ms", "confirm_s"}
 
 
@@ -167,6 +198,17 @@ def _kind(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return f"a {'list' if isinstance(value, list) else 'mapping'}"
     return f"{value!r}"
+
+
+def _within_messages_reach(path: str) -> bool:
+    """Whether `path` is an absolute folder under a home's Library/Messages or Pictures."""
+    if not os.path.isabs(path):
+        return False
+    parts = os.path.normpath(path).split(os.sep)
+    for index in range(len(parts)):
+        if parts[index] == "Pictures" or parts[index : index + 2] == ["Library", "Messages"]:
+            return index >= 2  # a home folder comes first: /Users/<name>/...
+    return False
 
 
 def check_token_file(path: str) -> List[str]:
@@ -288,6 +330,29 @@ def parse(data: Any) -> Config:
         drops_warning=check.number(
             health_data, "drops_warning", "health.drops_warning", defaults.drops_warning, 0, True
         ),
+        drop_rate_min_sample=check.number(
+            health_data,
+            "drop_rate_min_sample",
+            "health.drop_rate_min_sample",
+            defaults.drop_rate_min_sample,
+            1,
+            True,
+        ),
+        drop_rate_critical=check.number(
+            health_data,
+            "drop_rate_critical",
+            "health.drop_rate_critical",
+            defaults.drop_rate_critical,
+            0.0001,
+            maximum=1,
+        ),
+        inbound_quiet_warning_s=check.number(
+            health_data,
+            "inbound_quiet_warning_s",
+            "health.inbound_quiet_warning_s",
+            defaults.inbound_quiet_warning_s,
+            0,
+        ),
     )
     if health.depth_critical < health.depth_warning:
         check.problems.append(
@@ -295,7 +360,15 @@ def parse(data: Any) -> Config:
         )
 
     rate = check.section(data, "rate_limit", RATE_KEYS)
-    per_minute = check.number(rate, "per_minute", "rate_limit.per_minute", 120, 1, True)
+    rate_limit = RateLimitConfig(
+        per_minute=check.number(rate, "per_minute", "rate_limit.per_minute", 120, 1, True),
+        per_recipient_per_minute=check.number(
+            rate, "per_recipient_per_minute", "rate_limit.per_recipient_per_minute", 30, 1, True
+        ),
+        first_contact_per_hour=check.number(
+            rate, "first_contact_per_hour", "rate_limit.first_contact_per_hour", 20, 1, True
+        ),
+    )
 
     queue_data = check.section(data, "send_queue", QUEUE_KEYS)
     retries = check.number(queue_data, "retries", "send_queue.retries", 3, 0, True)
@@ -327,6 +400,14 @@ def parse(data: Any) -> Config:
             f"osascript '{osascript}' is not an executable file; "
             "give the path of osascript (/usr/bin/osascript on a Mac)"
         )
+    launchctl = check.text(data, "launchctl", "launchctl", required=False) or "/bin/launchctl"
+    attachments_dir = check.text(data, "attachments_dir", "attachments_dir", required=False)
+    if attachments_dir is not None and not _within_messages_reach(attachments_dir):
+        check.problems.append(
+            f"attachments_dir '{attachments_dir}' is outside Messages' reach; Messages fails "
+            "silently on such files: use a folder under the user's ~/Library/Messages or "
+            "~/Pictures (absolute path)"
+        )
     log_level = data.get("log_level", "INFO")
     if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
         check.problems.append(f"log_level '{log_level}' must be one of {', '.join(LOG_LEVELS)}")
@@ -345,10 +426,12 @@ def parse(data: Any) -> Config:
         chat_db=chat_db,
         state_dir=state_dir,
         health=health,
-        rate_limit_per_minute=per_minute,
+        rate_limit=rate_limit,
         send_queue=send_queue,
         poll_interval_s=float(poll),
         osascript=osascript,
+        launchctl=launchctl,
+        attachments_dir=attachments_dir or "",
         log_level=log_level.upper(),
     )
 

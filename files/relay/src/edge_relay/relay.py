@@ -11,12 +11,13 @@ import time
 from typing import Any, Dict, List, Optional
 
 from edge_relay import __version__
+from edge_relay.attachments import AttachmentStage
 from edge_relay.backend import Backend, BackendError
 from edge_relay.chatdb import ChatDB
 from edge_relay.config import Config
 from edge_relay.health import HealthServer, QueueView, judge_queue, overall
 from edge_relay.inbound import Inbound
-from edge_relay.ratelimit import SlidingWindowLimiter
+from edge_relay.ratelimit import SendLimits
 from edge_relay.sender import Sender
 from edge_relay.sendqueue import CommandError, SendQueue, command_target
 from edge_relay.state import StateStore
@@ -57,8 +58,13 @@ class Relay:
         # /health answers from the event loop: it must not wait long on a busy database.
         self.health_chat_db = ChatDB(config.chat_db, busy_timeout_s=0.5)
         self.store = StateStore(config.state_dir)
-        self.queue = SendQueue(config.send_queue, self.store)
-        self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
+        self.stage = AttachmentStage(config.attachments_folder)
+        self.queue = SendQueue(config.send_queue, self.store, self.stage)
+        self.limits = SendLimits(
+            config.rate_limit.per_minute,
+            config.rate_limit.per_recipient_per_minute,
+            config.rate_limit.first_contact_per_hour,
+        )
         self.sender = Sender(config.osascript, self.chat_db, config.send_queue.confirm_s)
         self.backend = Backend(config.backend_url, config.read_token(), config.backend_timeout_s)
         self.inbound = Inbound(
@@ -301,15 +307,23 @@ class Relay:
                 log.warning("send expired: command %s", item["command_id"])
                 self._results_wake.set()
 
-            item = self.queue.next_due(now)
-            if item is not None and self.limiter.try_acquire():
-                await self._send(item)
+            sent = False
+            for item in self.queue.due(now):
+                mode, target = command_target(item["command"])
+                first_contact = await self.sender.first_contact(mode, target)
+                if self.limits.try_acquire(target, first_contact):
+                    await self._send(item)
+                    sent = True
+                    break
 
             if self.queue.depth > self.config.health.depth_critical:
                 self.depth_high_since = self.depth_high_since or now
             else:
                 self.depth_high_since = None
-            await asyncio.sleep(tick_s)
+            # While sends are due and allowed, the next one goes at once; the tick paces the
+            # idle queue, not the sending.
+            if not sent:
+                await asyncio.sleep(tick_s)
 
     async def _send(self, item: Dict[str, Any]) -> None:
         command_id = item["command_id"]

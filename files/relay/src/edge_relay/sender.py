@@ -14,7 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 from edge_relay.chatdb import ChatDB, ChatDBError
 
@@ -36,6 +36,17 @@ class SendOutcome:
     detail: str
     delivered_bubbles: int = 0
     guids: Tuple[str, ...] = ()
+
+
+def script_arguments(parts: List[Any]) -> List[str]:
+    """The run handler's arguments after mode and target: a kind and a value per part."""
+    arguments: List[str] = []
+    for part in parts:
+        if isinstance(part, dict):
+            arguments += ["file", part["file"]]
+        else:
+            arguments += ["text", part]
+    return arguments
 
 
 def explain_osascript_failure(returncode: int, stderr: str) -> str:
@@ -62,8 +73,26 @@ class Sender:
         self.confirm_s = confirm_s
         self.run_timeout_s = run_timeout_s
         self.confirm_poll_s = confirm_poll_s
+        self._written_to: Set[str] = set()
 
-    async def send(self, mode: str, target: str, bubbles: List[str]) -> SendOutcome:
+    async def first_contact(self, mode: str, target: str) -> bool:
+        """Whether this send opens a conversation: a handle this account never wrote to.
+
+        A chat guid names a conversation that exists. When chat.db cannot be read the send is
+        counted as a first contact, the cautious side.
+        """
+        if mode == "chat" or target in self._written_to:
+            return False
+        try:
+            rows = await asyncio.to_thread(self.chat_db.outgoing_after, 0, mode, target)
+        except ChatDBError:
+            return True
+        if rows:
+            self._written_to.add(target)
+        return not rows
+
+    async def send(self, mode: str, target: str, parts: List[Any]) -> SendOutcome:
+        """Sends `parts` (text bubbles, then {"file": path}) in one osascript call."""
         try:
             before = await asyncio.to_thread(self.chat_db.max_rowid)
         except ChatDBError as error:
@@ -75,7 +104,7 @@ class Sender:
             SCRIPT_PATH,
             mode,
             target,
-            *bubbles,
+            *script_arguments(parts),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -86,7 +115,7 @@ class Sender:
             proc.kill()
             await proc.wait()
             return await self._confirm(
-                before, mode, target, len(bubbles), "osascript did not finish in time"
+                before, mode, target, len(parts), "osascript did not finish in time"
             )
         except asyncio.CancelledError:
             # Drain ran out of time: stop osascript; the outcome stays unknown.
@@ -97,7 +126,10 @@ class Sender:
         if proc.returncode != 0:
             reason = explain_osascript_failure(proc.returncode, stderr.decode("utf-8", "replace"))
             return SendOutcome("failed", reason)
-        return await self._confirm(before, mode, target, len(bubbles), None)
+        outcome = await self._confirm(before, mode, target, len(parts), None)
+        if outcome.delivered_bubbles and mode == "handle":
+            self._written_to.add(target)
+        return outcome
 
     async def _confirm(
         self, before: int, mode: str, target: str, count: int, note: Optional[str]

@@ -34,9 +34,16 @@ CREATE TABLE IF NOT EXISTS results (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS drops (at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS arrivals (at REAL NOT NULL);
 """
 
-FIGURES = ("totalEnqueued", "totalDelivered", "totalDropped")
+FIGURES = ("totalEnqueued", "totalDelivered", "totalDropped", "totalExpired", "totalUncertain")
+# The figure each final status of a queued send counts in ("failed" is counted by none).
+STATUS_FIGURES = {
+    "delivered": "totalDelivered",
+    "expired": "totalExpired",
+    "uncertain": "totalUncertain",
+}
 # A command id is remembered this long after its result, so a copy handed out again by the
 # backend (it re-leases after 180 s without a result) is not sent twice.
 FINISHED_KEEP_S = 24 * 3600
@@ -131,6 +138,7 @@ class StateStore:
                     ),
                 ),
                 self._bump("totalEnqueued"),
+                ("INSERT INTO arrivals (at) VALUES (?)", (now,)),
             ]
         )
 
@@ -183,8 +191,8 @@ class StateStore:
                 (command_id, status, detail, now),
             ),
         ]
-        if status == "delivered":
-            statements.append(self._bump("totalDelivered"))
+        if status in STATUS_FIGURES:
+            statements.append(self._bump(STATUS_FIGURES[status]))
         self._transaction(statements)
 
     # Results waiting to be reported
@@ -204,7 +212,13 @@ class StateStore:
         self._transaction(
             [
                 ("DELETE FROM drops WHERE at < ?", (since,)),
+                ("DELETE FROM arrivals WHERE at < ?", (since,)),
                 ("DELETE FROM finished WHERE finished_at < ?", (time.time() - FINISHED_KEEP_S,)),
             ]
         )
         return self.conn.execute("SELECT COUNT(*) FROM drops WHERE at >= ?", (since,)).fetchone()[0]
+
+    def recent_arrivals(self, since: float) -> int:
+        """Commands taken into the queue since `since` (with the drops: the drop rate's base)."""
+        sql = "SELECT COUNT(*) FROM arrivals WHERE at >= ?"
+        return self.conn.execute(sql, (since,)).fetchone()[0]
