@@ -378,6 +378,21 @@ def write_token(folder: Path) -> Path:
     return path
 
 
+def fake_launchctl(folder: Path) -> Path:
+    """launchctl answering `print gui/<uid>` with the status in launchctl.exit (0: logged in).
+
+    113 is what macOS's launchctl answers for a domain that does not exist.
+    """
+    path = folder / "launchctl"
+    status = folder / "launchctl.exit"
+    status.write_text("0")
+    path.write_text(
+        f'#!/bin/sh\n[ "$1" = print ] || exit 64\nexit "$(cat "{status}")"\n',
+    )
+    path.chmod(0o755)
+    return path
+
+
 def relay_settings(tmp_path: Path, backend_url: str, chat_db: Path, osascript_path: Path) -> dict:
     """A configuration for fast tests: short ticks, polls and back-offs."""
     return {
@@ -404,6 +419,7 @@ def relay_settings(tmp_path: Path, backend_url: str, chat_db: Path, osascript_pa
         },
         "poll_interval_s": 0.05,
         "osascript": str(osascript_path),
+        "launchctl": str(fake_launchctl(tmp_path)),
         "log_level": "INFO",
     }
 

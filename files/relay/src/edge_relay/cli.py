@@ -1,4 +1,4 @@
-"""`edge-relay run | check-config --config PATH`, `edge-relay --version`."""
+"""`edge-relay run | check-config | doctor --config PATH`, `edge-relay --version`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "run the relay until SIGTERM, then drain and exit"),
         ("check-config", "check the configuration and exit (0 when usable, 2 otherwise)"),
+        ("doctor", "check everything the shard needs, one line each (exit 0 all good, 1 not)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="the relay's config.yml")
@@ -35,8 +36,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("edge-relay: choose a command: run or check-config", file=sys.stderr)
+        print("edge-relay: choose a command: run, check-config or doctor", file=sys.stderr)
         return EXIT_BAD_CONFIG
+
+    if args.command == "doctor":
+        from edge_relay import doctor
+
+        return doctor.run(args.config)
 
     try:
         config = load(args.config)

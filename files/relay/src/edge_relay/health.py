@@ -1,9 +1,19 @@
-"""/health (JSON) and /metrics (Prometheus) on the loopback address of the configuration."""
+"""/health (JSON) and /metrics (Prometheus) on the loopback address of the configuration.
+
+Beside the queue figures, /health checks what a person may have to fix: chat.db readable
+(Full Disk Access), the user's GUI session (the relay drives Messages inside it), the backend,
+and how long ago the last incoming message arrived.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,6 +31,16 @@ class QueueView:
     depth: int
     depth_high_since: Optional[float]  # when depth last rose above the critical bound
     drops_recent: int
+    # Commands taken into the queue in the same window: with the drops, the rate's base.
+    arrivals_recent: int = 0
+
+
+def drop_rate(view: QueueView, bounds: HealthConfig) -> Optional[float]:
+    """Drops over everything offered in the window; None below the minimum sample."""
+    offered = view.drops_recent + view.arrivals_recent
+    if offered < bounds.drop_rate_min_sample:
+        return None
+    return view.drops_recent / offered
 
 
 def judge_queue(view: QueueView, bounds: HealthConfig, now: float) -> str:
@@ -38,13 +58,132 @@ def judge_queue(view: QueueView, bounds: HealthConfig, now: float) -> str:
         drop_status = "critical"
     elif view.drops_recent > 0:
         drop_status = "warning"
-    return max(depth_status, drop_status, key=RANK.__getitem__)
+
+    rate = drop_rate(view, bounds)
+    rate_status = "healthy"
+    if rate is not None and rate >= bounds.drop_rate_critical:
+        rate_status = "critical"
+    elif rate:
+        rate_status = "warning"
+    return max(depth_status, drop_status, rate_status, key=RANK.__getitem__)
 
 
 def overall(checks: Dict[str, Dict[str, Any]], queue_status: str) -> str:
+    """Critical when a check failed; warning when one warns; else the queue's status."""
     if not all(check["ok"] for check in checks.values()):
         return "critical"
+    if any(check.get("warning") for check in checks.values()):
+        return max(queue_status, "warning", key=RANK.__getitem__)
     return queue_status
+
+
+class GuiSession:
+    """Whether the user's GUI session exists: `launchctl print gui/<uid>` exits 0.
+
+    The answer is kept for `max_age_s`; a stale one is refreshed in the background, so a
+    report never waits on launchctl (the /health handler refreshes before answering).
+    """
+
+    def __init__(self, launchctl: str, uid: int, max_age_s: float = 10.0, timeout_s: float = 5.0):
+        self.launchctl = launchctl
+        self.uid = uid
+        self.max_age_s = max_age_s
+        self.timeout_s = timeout_s
+        self.ok = True
+        self.detail = "not checked yet"
+        self.checked_at: Optional[float] = None
+        self._running: Optional[asyncio.Future[None]] = None
+
+    async def refresh(self) -> None:
+        if self.checked_at is not None and time.monotonic() - self.checked_at < self.max_age_s:
+            return
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._run())
+        await asyncio.shield(self._running)
+
+    async def _run(self) -> None:
+        self.ok, self.detail = await gui_session(self.launchctl, self.uid, self.timeout_s)
+        self.checked_at = time.monotonic()
+
+    def check(self) -> Dict[str, Any]:
+        stale = self.checked_at is None or time.monotonic() - self.checked_at >= self.max_age_s
+        if stale and (self._running is None or self._running.done()):
+            # Without a running event loop (a caller outside the relay) the answer stays as is.
+            with contextlib.suppress(RuntimeError):
+                self._running = asyncio.ensure_future(self._run())
+        return {"ok": self.ok, "detail": self.detail}
+
+
+async def gui_session(launchctl: str, uid: int, timeout_s: float = 5.0) -> Tuple[bool, str]:
+    """(ok, sentence) for the GUI session of `uid`, asked of launchctl."""
+    fix = "log the user in at the GUI (or set up automatic login for it)"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            launchctl,
+            "print",
+            f"gui/{uid}",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError as error:
+        return False, f"cannot ask launchctl ({launchctl}: {error.strerror})"
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False, f"launchctl print gui/{uid} did not answer within {timeout_s:g} s"
+    if code != 0:
+        return False, f"no GUI session for uid {uid} (launchctl exited {code}): {fix}"
+    return True, f"GUI session gui/{uid} is up"
+
+
+APPLE_EPOCH_UNIX = 978307200
+# Messages dates: seconds since 2001 before macOS 10.13, nanoseconds since (far above this).
+NANOSECOND_DATES_ABOVE = 10**11
+
+
+def newest_incoming(chat_db: str, busy_timeout_s: float = 0.5) -> Optional[float]:
+    """Unix time of the newest incoming message in chat.db, None when there is none.
+
+    Raises sqlite3.Error when chat.db cannot be read (the chat_db check reports why).
+    """
+    conn = sqlite3.connect(
+        f"file:{quote(chat_db)}?mode=ro", uri=True, timeout=busy_timeout_s, isolation_level=None
+    )
+    try:
+        row = conn.execute(
+            "SELECT date FROM message WHERE is_from_me = 0 ORDER BY ROWID DESC LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    if not row or not row[0]:
+        return None
+    value = row[0]
+    seconds = value / 1e9 if abs(value) > NANOSECOND_DATES_ABOVE else float(value)
+    return APPLE_EPOCH_UNIX + seconds
+
+
+def inbound_check(chat_db: str, bounds: HealthConfig, now: float) -> Dict[str, Any]:
+    """The age of the last incoming message; a warning past the configured quiet bound."""
+    try:
+        newest = newest_incoming(chat_db)
+    except sqlite3.Error:
+        return {"ok": True, "detail": "unknown: chat.db cannot be read", "age_s": None}
+    if newest is None:
+        return {"ok": True, "detail": "no incoming message yet", "age_s": None}
+    age = max(0.0, now - newest)
+    check: Dict[str, Any] = {
+        "ok": True,
+        "detail": f"last incoming message {age:.0f} s ago",
+        "age_s": round(age, 1),
+    }
+    quiet = bounds.inbound_quiet_warning_s
+    if quiet and age > quiet:
+        check["warning"] = True
+        check["detail"] += f", longer than health.inbound_quiet_warning_s ({quiet:g} s)"
+    return check
 
 
 class _QueueCollector:
@@ -65,6 +204,8 @@ class _QueueCollector:
             ("edge_relay_send_queue_enqueued", "totalEnqueued"),
             ("edge_relay_send_queue_delivered", "totalDelivered"),
             ("edge_relay_send_queue_dropped", "totalDropped"),
+            ("edge_relay_send_queue_expired", "totalExpired"),
+            ("edge_relay_send_queue_uncertain", "totalUncertain"),
         ):
             counter = CounterMetricFamily(name, f"SendQueue {key} since the queue was created")
             counter.add_metric([], figures[key])
@@ -77,15 +218,24 @@ class _QueueCollector:
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, report: Callable[[], Dict[str, Any]]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        report: Callable[[], Dict[str, Any]],
+        refresh: Optional[Callable[[], Awaitable[None]]] = None,
+    ):
         self.host = host
         self.port = port
         self.report = report
+        self.refresh = refresh
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_QueueCollector(report))
         self._runner: Optional[web.AppRunner] = None
 
     async def _health(self, _request: web.Request) -> web.Response:
+        if self.refresh is not None:
+            await self.refresh()
         report = self.report()
         code = 503 if report["status"] == "critical" else 200
         return web.json_response(report, status=code)

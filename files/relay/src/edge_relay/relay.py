@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -15,7 +16,14 @@ from edge_relay.attachments import AttachmentStage
 from edge_relay.backend import Backend, BackendError
 from edge_relay.chatdb import ChatDB
 from edge_relay.config import Config
-from edge_relay.health import HealthServer, QueueView, judge_queue, overall
+from edge_relay.health import (
+    GuiSession,
+    HealthServer,
+    QueueView,
+    inbound_check,
+    judge_queue,
+    overall,
+)
 from edge_relay.inbound import Inbound
 from edge_relay.ratelimit import SendLimits
 from edge_relay.sender import Sender
@@ -71,7 +79,11 @@ class Relay:
             self.chat_db, self.backend, self.store, config.poll_interval_s, self.take_commands
         )
         self.watcher = FolderWatcher(config.chat_db, self.wake_inbound)
-        self.health = HealthServer(config.health.host, config.health.port, self.report)
+        # The relay runs inside its user's GUI session: that is the session it checks.
+        self.gui = GuiSession(config.launchctl, os.getuid())
+        self.health = HealthServer(
+            config.health.host, config.health.port, self.report, self.gui.refresh
+        )
         self.registered = False
         self.registration_detail = "not registered yet"
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
@@ -97,11 +109,13 @@ class Relay:
     def report(self) -> Dict[str, Any]:
         now = time.time()
         chat_ok, chat_detail = self.health_chat_db.check()
-        drops = self.store.recent_drops(now - self.config.health.drops_window_s)
+        since = now - self.config.health.drops_window_s
+        drops = self.store.recent_drops(since)
         figures = self.queue.figures()
-        queue_status = judge_queue(
-            QueueView(figures["depth"], self.depth_high_since, drops), self.config.health, now
+        view = QueueView(
+            figures["depth"], self.depth_high_since, drops, self.store.recent_arrivals(since)
         )
+        queue_status = judge_queue(view, self.config.health, now)
         checks = {
             "chat_db": {"ok": chat_ok, "detail": chat_detail},
             "backend": {
@@ -113,6 +127,8 @@ class Relay:
                 "ok": self.send_problem is None,
                 "detail": self.send_problem or "no send blocked",
             },
+            "gui_session": self.gui.check(),
+            "inbound": inbound_check(self.config.chat_db, self.config.health, now),
         }
         return {
             "status": overall(checks, queue_status),
