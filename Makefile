@@ -28,10 +28,10 @@ system-packages: ## Install the Debian packages the lab needs (root)
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: requirements-dev.txt lab/pyproject.toml backend/pyproject.toml
+$(VENV)/.installed: requirements-dev.txt lab/pyproject.toml backend/pyproject.toml files/relay/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt -e lab -e backend
+	$(PY) -m pip install -q -r requirements-dev.txt -e lab -e backend -e files/relay
 	touch $@
 
 venv: $(VENV)/.installed ## Controller virtual environment (Python 3.11)

@@ -47,7 +47,7 @@ def build_root(host_dir, wheelhouse, extra_dirs):
         machine = Path("/") / name
         if machine.is_symlink():
             os.symlink(os.readlink(machine), new_root / name)
-    for name in SHARED_DIRS + tuple(extra_dirs):
+    for name in SHARED_DIRS:
         if (Path("/") / name).is_dir() and not (new_root / name).exists():
             (new_root / name).mkdir()
             _bind(Path("/") / name, new_root / name, recursive=True)
@@ -69,6 +69,15 @@ def build_root(host_dir, wheelhouse, extra_dirs):
     _bind(host_dir / "private/var/run", new_root / "run")
     (new_root / "proc").mkdir()
     _run("mount", "-t", "proc", "proc", str(new_root / "proc"))
+
+    # The lab's code and Python, at the same paths as on the machine (the stand-ins' scripts
+    # name them). A folder under /tmp lands in the host's /private/tmp, as it would on a Mac.
+    for folder in map(Path, extra_dirs):
+        if folder.parts[1] in SHARED_DIRS:
+            continue
+        target = new_root / folder.relative_to("/")
+        target.mkdir(parents=True, exist_ok=True)
+        _bind(folder, target, recursive=True)
 
     # The stand-ins go where macOS has the real commands, over the machine's own ones.
     overlay = host_dir / ".overlay"
@@ -152,7 +161,9 @@ def main(argv=None):
     parser.add_argument("--host-dir", type=Path, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--wheelhouse", type=Path, required=True)
-    parser.add_argument("--share", action="append", default=[], help="extra machine folder")
+    parser.add_argument(
+        "--share", action="append", default=[], help="machine folder to show at the same path"
+    )
     args = parser.parse_args(argv)
     if os.getpid() != 1:
         sys.exit("edge-lab host init must run as PID 1 of a new PID namespace (edge-lab up)")
