@@ -12,6 +12,8 @@ ENVIRONMENT = """environment (defaults suit one lab per machine; tests set them 
   EDGE_LAB_INVENTORY      where up writes hosts.yml (default: inventories/lab)
   EDGE_LAB_NET            the hosts' addresses, NET.1, NET.2, ... (default: 127.0.1)
   EDGE_LAB_BACKEND_PORT   the reference backend's port on 127.0.0.1 (default: 8787)
+  EDGE_LAB_HEALTH_PORT_BASE  host N's relays get health ports from BASE + 100 * N (default:
+                          47000 on 127.0.1, else a range of its own per EDGE_LAB_NET)
 """
 
 

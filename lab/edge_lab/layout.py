@@ -45,6 +45,23 @@ def backend_port():
     return int(value)
 
 
+def health_port_base():
+    """First health port of the hosts' relays: host N allocates from base + 100 * N.
+
+    All labs share the machine's loopback, so a lab on another network than the default gets
+    its own range of 1,500 ports (15 hosts) from its third octet: a relay of one lab must never
+    answer the health check of another's.
+    """
+    net = network()
+    default = HEALTH_PORT_BASE if net == "127.0.1" else 20000 + int(net.split(".")[2]) % 23 * 1500
+    value = os.environ.get("EDGE_LAB_HEALTH_PORT_BASE", str(default))
+    if not value.isdigit() or not 1024 <= int(value) <= 55000:
+        raise LabError(
+            f"EDGE_LAB_HEALTH_PORT_BASE '{value}' is not a port number from 1024 to 55000"
+        )
+    return int(value)
+
+
 def venv_python():
     """The lab's own interpreter, used for the stand-ins and daemons inside each host."""
     return Path(sys.executable)
