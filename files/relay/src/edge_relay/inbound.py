@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import random
@@ -231,8 +230,13 @@ class Inbound:
                 wait = self.poll_interval_s
                 if self.lanes and self.retry_at:
                     wait = min(wait, max(0.0, self.retry_at - time.monotonic()))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                # asyncio.wait, not wait_for: wait_for can swallow a cancellation that arrives
+                # as the wake does (Python before 3.12), and the drain would never end.
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=wait)
+                finally:
+                    waiter.cancel()
                 self._wake.clear()
         finally:
             for request in self.requests:

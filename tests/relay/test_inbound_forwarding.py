@@ -1,0 +1,256 @@
+"""The relay's inbound side end to end: watching, exactly once, order per chat, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from relay_support import CORPUS, BackendDouble, Messages, RunningRelay, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+HANDLE = "+15550001111"
+
+
+def wal_mode(messages: Messages) -> None:
+    """chat.db as Messages keeps it: write-ahead log."""
+    conn = sqlite3.connect(str(messages.path))
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+
+
+def write(path: Path, sql: str, params: tuple = ()) -> None:
+    conn = sqlite3.connect(str(path))
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def guids(backend: BackendDouble, kind: str = "message") -> list:
+    return [e["guid"] for e in backend.events() if e["type"] == kind]
+
+
+async def noticed_within(backend: BackendDouble, guid: str, seconds: float) -> None:
+    await wait_for(lambda: guid in guids(backend), seconds, f"message {guid} to be noticed")
+
+
+async def test_a_replaced_or_truncated_wal_does_not_deafen_the_relay(settings, backend, messages):
+    wal_mode(messages)
+    settings["poll_interval_s"] = 30  # only the folder watch can notice in time
+    async with RunningRelay(settings) as relay:
+        await wait_for(lambda: relay.watcher.problem is None, what="the folder watch")
+        await asyncio.sleep(0.2)
+        first = messages.incoming(HANDLE, text="before")
+        await noticed_within(backend, first, 2)
+
+        # Messages replaces the WAL: a new file (new inode) under the same name.
+        write(messages.path, "PRAGMA wal_checkpoint(TRUNCATE)")
+        wal = Path(str(messages.path) + "-wal")
+        old_inode = wal.stat().st_ino if wal.exists() else None
+        fresh = wal.with_name("chat.db-wal.new")
+        fresh.write_bytes(b"")
+        os.replace(fresh, wal)
+        assert wal.stat().st_ino != old_inode
+        replaced = messages.incoming(HANDLE, text="after the new WAL")
+        await noticed_within(backend, replaced, 2)
+
+        # Messages keeps its connection open, so the WAL stays; a checkpoint truncates it.
+        keeper = sqlite3.connect(str(messages.path))
+        try:
+            keeper.execute("INSERT INTO handle (id, service) VALUES ('+15550009998', 'SMS')")
+            keeper.commit()
+            keeper.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            assert wal.stat().st_size == 0
+            truncated = messages.incoming(HANDLE, text="after the checkpoint")
+            await noticed_within(backend, truncated, 2)
+        finally:
+            keeper.close()
+    assert guids(backend) == [first, replaced, truncated]
+
+
+async def test_a_late_row_below_handled_ones_is_forwarded_once(settings, backend, messages):
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.2)
+        first = messages.incoming(HANDLE, text="one")
+        # A gap is left: the next row takes a ROWID well above the last.
+        write(messages.path, "UPDATE sqlite_sequence SET seq = seq + 10 WHERE name = 'message'")
+        second = messages.incoming(HANDLE, text="two")
+        await wait_for(lambda: len(guids(backend)) == 2, what="two messages")
+        # iCloud sync fills the gap later, with a smaller ROWID and an old date.
+        [(low,)] = messages.rows("SELECT ROWID FROM message WHERE guid = ?", (first,))
+        write(
+            messages.path,
+            "INSERT INTO message (ROWID, guid, text, handle_id, service, date, is_from_me) "
+            "SELECT ?, 'LATE-SYNC-1', 'synced late', handle_id, service, 1, 0 "
+            "FROM message WHERE guid = ?",
+            (low + 3, first),
+        )
+        messages.join("LATE-SYNC-1", f"any;-;{HANDLE}")
+        await wait_for(lambda: "LATE-SYNC-1" in guids(backend), what="the late row")
+        await asyncio.sleep(0.3)
+    assert sorted(guids(backend)) == sorted([first, second, "LATE-SYNC-1"])
+
+    backend.inbound_batches.clear()
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.5)
+    assert backend.events() == []  # everything acknowledged stays handled after a restart
+
+
+async def test_edits_and_unsends_arrive_once_as_their_own_events(settings, backend, messages):
+    folder = CORPUS / "edit_history"
+    if not folder.is_dir():
+        pytest.skip(f"real Messages edit histories not available: {folder} is absent")
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.2)
+        guid = messages.incoming(HANDLE, text="First message  ")
+        await wait_for(lambda: guid in guids(backend), what="the message")
+        write(
+            messages.path,
+            "UPDATE message SET text = 'Edited message', date_edited = 5, "
+            "message_summary_info = ? WHERE guid = ?",
+            ((folder / "Edited.plist").read_bytes(), guid),
+        )
+        await wait_for(lambda: guids(backend, "edit"), what="the edit")
+        write(
+            messages.path,
+            "UPDATE message SET text = NULL, date_retracted = 6, message_summary_info = ? "
+            "WHERE guid = ?",
+            ((folder / "Deleted.plist").read_bytes(), guid),
+        )
+        await wait_for(lambda: guids(backend, "unsend"), what="the unsend")
+        await asyncio.sleep(0.3)
+    [edit] = [e for e in backend.events() if e["type"] == "edit"]
+    assert edit["message_guid"] == guid
+    assert [h["text"] for h in edit["parts"][0]["history"]][-1] == "Edited message"
+    [unsend] = [e for e in backend.events() if e["type"] == "unsend"]
+    assert unsend["parts"] == [0]
+
+    backend.inbound_batches.clear()
+    async with RunningRelay(settings):
+        await asyncio.sleep(0.5)
+    assert backend.events() == []  # the edit and unsend were acknowledged: not sent again
+
+
+class SlowBackend(BackendDouble):
+    """Answers inbound batches after a delay, counting how many are in flight at once."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            return await super().inbound(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_three_batches_in_flight_and_each_chat_in_order(settings, messages):
+    backend = SlowBackend(0.2)
+    await backend.start()
+    settings["backend"]["url"] = backend.url
+    try:
+        async with RunningRelay(settings) as relay:
+            await asyncio.sleep(0.2)
+            sent = {}
+            # A backlog over many chats, written while the first batches are in flight.
+            for n in range(240):
+                handle = f"+1555000{n % 12:04d}"
+                sent.setdefault(f"any;-;{handle}", []).append(
+                    messages.incoming(handle, text=f"m{n}")
+                )
+                if n % 20 == 0:
+                    relay.wake_inbound()
+            await wait_for(lambda: len(backend.events()) >= 240, 20, what="the backlog")
+    finally:
+        await backend.stop()
+    assert backend.most_in_flight == 3
+    by_chat = {}
+    for event in backend.events():
+        by_chat.setdefault(event["chat_guid"], []).append(event["guid"])
+    assert by_chat == sent  # each chat's messages in the order Messages wrote them, once each
+
+
+class FailingBackend(BackendDouble):
+    """Answers inbound with `self.fault` while it is set: 503, malformed JSON, or a stall."""
+
+    def __init__(self):
+        super().__init__()
+        self.fault = None
+        self.failed_calls = 0
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        if self.fault is not None:
+            self.failed_calls += 1
+            if self.fault == "503":
+                return web.json_response({"error": "overloaded"}, status=503)
+            if self.fault == "malformed":
+                return web.Response(text="{not json", content_type="application/json")
+            if self.fault == "stall":
+                await asyncio.sleep(5)
+        return await super().inbound(request)
+
+
+@pytest.mark.parametrize(
+    "fault, detail",
+    [("503", "answered 503"), ("malformed", "failed"), ("stall", "timed out")],
+)
+async def test_a_failing_backend_is_retried_with_backoff_and_loses_nothing(
+    settings, messages, fault, detail
+):
+    backend = FailingBackend()
+    await backend.start()
+    settings["backend"]["url"] = backend.url
+    settings["backend"]["timeout_s"] = 0.5
+    try:
+        async with RunningRelay(settings) as relay:
+            await asyncio.sleep(0.2)
+            backend.fault = fault
+            sent = [messages.incoming(HANDLE, text=f"during {n}") for n in range(5)]
+            await wait_for(lambda: backend.failed_calls >= 2, 10, what="two failed attempts")
+            health = relay.report()["checks"]["backend"]
+            assert health["ok"] is False and detail in health["detail"]
+            # Back-off: a handful of attempts, not a storm.
+            calls_then = backend.failed_calls
+            await asyncio.sleep(1.0)
+            assert backend.failed_calls - calls_then <= 3
+            backend.fault = None
+            await wait_for(lambda: set(sent) <= set(guids(backend)), 40, what="the resend")
+            await wait_for(lambda: relay.report()["checks"]["backend"]["ok"], what="health")
+    finally:
+        await backend.stop()
+    assert guids(backend) == sent
+
+
+async def test_the_poll_still_reads_when_the_folder_cannot_be_watched(settings, backend, messages):
+    from edge_relay import watcher
+
+    started = time.monotonic()
+    settings["poll_interval_s"] = 0.3
+    original = watcher.Observer.start
+
+    def refuse(self):
+        raise OSError(28, "inotify watch limit reached")
+
+    watcher.Observer.start = refuse
+    try:
+        async with RunningRelay(settings) as relay:
+            await asyncio.sleep(0.2)
+            assert "cannot watch" in relay.watcher.problem
+            guid = messages.incoming(HANDLE, text="polled")
+            await noticed_within(backend, guid, 3)
+    finally:
+        watcher.Observer.start = original
+    assert time.monotonic() - started < 10
