@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -28,15 +29,17 @@ LAB_DIR = TEST_LAB / "lab"
 INVENTORY = TEST_LAB / "inventory" / "hosts.yml"
 
 
-def lab_env() -> dict[str, str]:
-    return dict(os.environ, **LAB_ENV, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+def lab_env(values: dict[str, str] = LAB_ENV) -> dict[str, str]:
+    return dict(os.environ, **values, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
 
 
 class Lab:
     """Runs lab commands and playbooks, and reads what they left behind."""
 
-    def __init__(self, lab_dir: Path) -> None:
+    def __init__(self, lab_dir: Path, values: dict[str, str] = LAB_ENV) -> None:
         self.dir = lab_dir
+        self.values = values
+        self.inventory = Path(values["EDGE_LAB_INVENTORY"]) / "hosts.yml"
 
     def edge_lab(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -46,11 +49,18 @@ class Lab:
             capture_output=True,
             timeout=300,
             check=True,
-            env=lab_env(),
+            env=lab_env(self.values),
         )
 
-    def playbook(self, *args: str, check_mode: bool = False, **extra: str) -> Run:
-        argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), "playbooks/add_shard.yml"]
+    def playbook(
+        self, *args: str, check_mode: bool = False, playbook: str = "add_shard.yml", **extra: str
+    ) -> Run:
+        argv = [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(self.inventory),
+            f"playbooks/{playbook}",
+        ]
         for key, value in extra.items():
             argv += ["-e", f"{key}={value}"]
         if check_mode:
@@ -63,7 +73,7 @@ class Lab:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=PLAYBOOK_TIMEOUT_S,
-            env=lab_env(),
+            env=lab_env(self.values),
         )
         return Run(proc.returncode, proc.stdout)
 
@@ -96,16 +106,70 @@ class Run:
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
-@pytest.fixture(scope="session")
-def lab():
+@contextlib.contextmanager
+def running_lab(values: dict[str, str], hosts: int = 1):
+    """A lab brought up fresh with these EDGE_LAB_* values, and always brought down."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (namespaces, sshd, users)")
     edge_lab = str(BIN / "edge-lab")
-    subprocess.run([edge_lab, "down", "--purge"], cwd=REPO, timeout=120, env=lab_env())
-    subprocess.run(
-        [edge_lab, "up", "--hosts", "1"], cwd=REPO, timeout=600, check=True, env=lab_env()
-    )
+    env = lab_env(values)
+    subprocess.run([edge_lab, "down", "--purge"], cwd=REPO, timeout=120, env=env)
     try:
-        yield Lab(LAB_DIR)
+        subprocess.run(
+            [edge_lab, "up", "--hosts", str(hosts)], cwd=REPO, timeout=600, check=True, env=env
+        )
+        yield Lab(Path(values["EDGE_LAB_DIR"]), values)
     finally:
-        subprocess.run([edge_lab, "down"], cwd=REPO, timeout=120, env=lab_env())
+        subprocess.run([edge_lab, "down"], cwd=REPO, timeout=120, env=env)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    with running_lab(LAB_ENV) as started:
+        yield started
+
+
+# The lab of the shard lifecycle tests (fleet_health.yml, remove_shard.yml), beside the others.
+# Its relays take health ports from 49100 up, away from the default 47000s of other labs.
+LIFECYCLE_ENV = {
+    "EDGE_LAB_DIR": "/tmp/edge-lab-tests/lifecycle/lab",
+    "EDGE_LAB_INVENTORY": "/tmp/edge-lab-tests/lifecycle/inventory",
+    "EDGE_LAB_NET": "127.0.79",
+    "EDGE_LAB_BACKEND_PORT": "18879",
+    "EDGE_LAB_HEALTH_PORT_BASE": "49000",
+}
+# A persona of its own keeps the shard's name apart from the shards of other labs.
+LIFECYCLE_SHARD = {
+    "persona": "lifecycle",
+    "shard_number": "1",
+    "phone_number": "+15557770001",
+    "target_host": "mini-01",
+}
+LIFECYCLE_USER = "edge_lifecycle_01"
+
+
+@pytest.fixture(scope="session")
+def lifecycle_lab():
+    with running_lab(LIFECYCLE_ENV) as started:
+        yield started
+
+
+def relay_wheel_args() -> dict[str, str]:
+    """EDGE_TEST_RELAY_WHEEL names a relay wheel to install instead of building one."""
+    wheel = os.environ.get("EDGE_TEST_RELAY_WHEEL")
+    return {"relay_wheel": wheel} if wheel else {}
+
+
+def add_serving_shard(lab: Lab, shard: dict[str, str], user: str) -> None:
+    """add_shard.yml, the person-only steps, and add_shard.yml again: the shard serves."""
+    shard_id = f"{shard['persona']}-{int(shard['shard_number']):02d}"
+    if (shard_id, shard["phone_number"], shard["target_host"], "active") in lab.shard_rows():
+        return
+    lab.playbook(**shard, **relay_wheel_args())
+    host = shard["target_host"]
+    lab.edge_lab("gui", "login", host, user)
+    lab.edge_lab("imessage", "signin", host, user, shard["phone_number"])
+    lab.edge_lab("grant", "fda", host)
+    lab.edge_lab("grant", "automation", host, user)
+    run = lab.playbook(**shard, **relay_wheel_args())
+    assert run.rc == 0, run.output

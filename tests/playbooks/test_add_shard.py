@@ -36,6 +36,8 @@ def assert_nothing_changed(lab) -> None:
         ({"target_host": "mini-09"}, "target_host 'mini-09' is not in the inventory"),
         ({"backend_dsn": "postgresql://postgres@127.0.0.1:1/edge"}, "127.0.0.1"),
         ({"backend_dsn": "mysql://127.0.0.1/edge"}, "backend_dsn must be sqlite"),
+        ({"backend_url": "http://127.0.0.1:1"}, "backend_url http://127.0.0.1:1 does not answer"),
+        ({"canary_handle": "+15551230001"}, "is the new shard's own number"),
     ],
     ids=[
         "phone-digits",
