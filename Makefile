@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 APT_PACKAGES := openssh-server sudo iproute2 procps util-linux sqlite3 rsync
 
 .PHONY: help setup system-packages venv venv39 lint test test-units test-lab test-playbooks \
-        test-molecule lab-up lab-down demo build clean
+        test-molecule lab-up lab-down demo build clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ lab-down: ## Stop the lab; no lab process is left behind
 
 demo: setup ## Lab up, add a shard end to end, and a round trip through it
 	$(PY) -m edge_lab.demo
+
+bench: venv ## Relay inbound benchmarks: latency, idle CPU, memory, backlog drain, faults (~3 min)
+	$(PY) bench/inbound_bench.py
 
 build: venv ## Build the collection tarball into build/
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path build/ .

@@ -66,6 +66,7 @@ MAX_IN_FLIGHT = 3
 # taken in steps while the first batches are already on their way.
 READ_ROWS = 500
 INCOMPLETE_WAIT_S = 5.0
+FOLLOW_UP_S = 0.05
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -224,10 +225,13 @@ class Inbound:
         self._wake = asyncio.Event()
         try:
             await self._first_start()
+            woken = False
             while True:
                 await self._read()
                 self._dispatch()
-                wait = self.poll_interval_s
+                # The folder event comes when Messages writes the WAL, which can be a moment
+                # before its commit is visible: a woken read is followed by one more shortly.
+                wait = FOLLOW_UP_S if woken else self.poll_interval_s
                 if self.lanes and self.retry_at:
                     wait = min(wait, max(0.0, self.retry_at - time.monotonic()))
                 # asyncio.wait, not wait_for: wait_for can swallow a cancellation that arrives
@@ -237,6 +241,7 @@ class Inbound:
                     await asyncio.wait({waiter}, timeout=wait)
                 finally:
                     waiter.cancel()
+                woken = self._wake.is_set()
                 self._wake.clear()
         finally:
             for request in self.requests:
