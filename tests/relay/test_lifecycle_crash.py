@@ -35,8 +35,9 @@ CHATS = 10
 FAST_OSASCRIPT = """#!/bin/sh
 printf '%s\\n' "$5" >> "{calls}"
 sqlite3 -cmd ".timeout 2000" "{chat_db}" "INSERT INTO message (guid, text, handle_id, service,
-  date, is_from_me, is_sent, is_delivered) SELECT lower(hex(randomblob(16))), '$5', h.ROWID, 'iMessage', 0, 1,
-  1, 1 FROM handle h WHERE h.id = (SELECT chat_identifier FROM chat WHERE guid = '$3');
+  date, is_from_me, is_sent, is_delivered)
+  SELECT lower(hex(randomblob(16))), '$5', h.ROWID, 'iMessage', 0, 1, 1, 1 FROM handle h
+  WHERE h.id = (SELECT chat_identifier FROM chat WHERE guid = '$3');
   INSERT INTO chat_message_join (chat_id, message_id)
   SELECT ROWID, last_insert_rowid() FROM chat WHERE guid = '$3';"
 """
