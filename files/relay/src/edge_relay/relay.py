@@ -33,13 +33,11 @@ from edge_relay.watcher import FolderWatcher
 
 log = logging.getLogger("edge_relay")
 
-INBOUND_BATCH = 100
 LONG_POLL_WAIT_S = 25
 DEFAULT_HEARTBEAT_S = 30.0
 DRAIN_BOUND_S = 10.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
-INCOMPLETE_WAIT_S = 5.0
 # AppleScript errors that mean this shard cannot send at all until a person acts.
 BLOCKING_SEND_ERRORS = ("(error -1743)", "(error -600)", "(error -1719)")
 
