@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 APT_PACKAGES := openssh-server sudo iproute2 procps util-linux sqlite3 rsync
 
 .PHONY: help setup system-packages venv venv39 lint test test-units test-lab test-playbooks \
-        test-molecule lab-up lab-down demo build clean bench
+        test-molecule test-quality lab-up lab-down demo build clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -66,7 +66,10 @@ test-playbooks: setup ## add_shard.yml on a lab: bad input, person-only steps, -
 test-molecule: setup ## Molecule scenarios (check, converge, idempotence, verify)
 	$(VENV)/bin/molecule test --all
 
-test: lint test-units test-lab test-playbooks test-molecule ## The whole test suite
+test-quality: venv ## ansible-test sanity and units, ansible-doc, argument specs, from a built tree
+	tests/quality/run.sh
+
+test: lint test-quality test-units test-lab test-playbooks test-molecule ## The whole test suite
 
 lab-up: setup ## Start the lab (HOSTS simulated Mac minis, default 2)
 	$(VENV)/bin/edge-lab up --hosts $(HOSTS)

@@ -19,7 +19,7 @@ description:
     mode.
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 options:
   port:
     description: Health port of the relay on 127.0.0.1.

@@ -18,7 +18,7 @@ description:
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 options:
   label:
     description: The job's label, for example C(com.archety.edge.relay.sage-01).
@@ -53,12 +53,15 @@ options:
     description: Folder where the module records the SHA-256 of each plist it bootstrapped.
     type: path
     default: /private/var/db/archety-edge/launchd
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   platform:
+    support: full
     platforms: darwin
 notes:
   - The C(gui/<uid>) domain exists only while the user is logged in at the login window

@@ -13,7 +13,7 @@ description:
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 options:
   users:
     description: Short names of the shard users to look at.
@@ -26,12 +26,16 @@ options:
         Full Disk Access and Automation are looked up for this client.
     type: path
     default: /Library/Developer/CommandLineTools/usr/bin/python3
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
 attributes:
   check_mode:
     support: full
   facts:
     support: full
   platform:
+    support: full
     platforms: darwin
 notes:
   - The privacy grants are read from macOS's TCC databases, C(/Library/Application

@@ -14,7 +14,7 @@ description:
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 options:
   name:
     description: Short name of the user, for example C(edge_sage_01).
@@ -58,12 +58,15 @@ options:
     description: With O(state=absent), also delete the home folder; otherwise it is kept.
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   platform:
+    support: full
     platforms: darwin
 notes:
   - C(sysadminctl) exits 0 on many failures; the module reads the record back with

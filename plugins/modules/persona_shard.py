@@ -17,8 +17,9 @@ description:
     C(provisioning). Any row can be removed with O(state=absent).
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - archety.edge.shard_db
 options:
   shard_id:

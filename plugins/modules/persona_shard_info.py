@@ -10,8 +10,9 @@ description:
     ordered by shard id, without their token hashes. Changes nothing.
 version_added: "1.0.0"
 author:
-  - archety.edge contributors
+  - Archety edge team (@archety)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - archety.edge.shard_db
 options:
   shard_id:

@@ -28,7 +28,10 @@ from referencing.jsonschema import DRAFT202012
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "backend" / "openapi.yaml"
 SPEC_URI = "urn:edge-backend:openapi"
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+# The same variable as tests/modules: a DSN of a database on the server to use; the tests
+# make and drop a database of their own on that server.
+PG_DSN = os.environ.get("EDGE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_SERVER = PG_DSN.split("?", 1)[0].rsplit("/", 1)[0]
 BACKEND_TABLES = (
     "edge_schema",
     "user_assignments",
@@ -114,9 +117,9 @@ def spec() -> Spec:
 def pg_server_dsn() -> str:
     """A temporary PostgreSQL database for the session, dropped at the end."""
     try:
-        admin = psycopg.connect(PG_SERVER + "/postgres", autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        reason = f"no PostgreSQL server answers on 127.0.0.1:5432 ({exc})".replace("\n", " ")
+        reason = f"PostgreSQL at {PG_SERVER} does not answer ({exc})".replace("\n", " ")
         if os.environ.get("CI") == "true":
             pytest.fail(reason + "; CI must provide one")
         pytest.skip(reason + "; PostgreSQL tests skipped")

@@ -319,3 +319,55 @@ def test_dsn_of_unknown_kind_is_refused():
     result = run_module(persona_shard_info.main, {"dsn": "mysql://x@127.0.0.1/db"}, no_runner)
     assert result.failed
     assert "dsn is neither sqlite:///absolute/path.db nor postgresql://" in result["msg"]
+
+
+def table(backend):
+    return backend.rows("SELECT * FROM persona_shards ORDER BY shard_id")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"state": "active"},
+            "state cannot go from disabled to active: shard sage-01 in state disabled can only "
+            "go to provisioning.",
+        ),
+        ({"state": "paused"}, "value of state must be one of"),
+        ({"phone_number": "+1 555 123 0001"}, "phone_number '+1 555 123 0001' is not E.164"),
+        (
+            {"shard_id": "sage-03", "phone_number": "+15551230002"},
+            "phone_number +15551230002 is already the number of shard sage-02",
+        ),
+        ({"capacity": -1}, "capacity -1 must be at least 1."),
+    ],
+    ids=["disabled-to-active", "unknown-state", "phone-not-e164", "phone-taken", "capacity"],
+)
+def test_bad_change_to_an_existing_shard_leaves_every_row_as_it_was(backend, change, message):
+    shard(backend, **NEW)
+    shard(backend, shard_id="sage-02", phone_number="+15551230002", host="mini-02")
+    shard(backend, shard_id="sage-01", state="disabled")
+    before = table(backend)
+
+    result = shard(backend, **dict({"shard_id": "sage-01"}, **change))
+
+    assert result.failed
+    assert message in result["msg"]
+    assert "token" not in result
+    assert table(backend) == before
+
+
+def test_unreachable_postgresql_writes_nothing_and_names_the_problem(backend):
+    pytest.importorskip("psycopg", reason="psycopg is not installed here")
+    before = table(backend)
+    # Port 9 (discard) on loopback: nothing listens there, the connection is refused at once.
+    result = run_module(
+        persona_shard.main,
+        dict(NEW, shard_id="sage-03", dsn="postgresql://edge:hunter2@127.0.0.1:9/backend"),
+        no_runner,
+    )
+    assert result.failed
+    assert result["msg"].startswith("cannot connect to the PostgreSQL database backend on")
+    assert "Check that the database is running and that the dsn is right." in result["msg"]
+    assert "hunter2" not in repr(result) and "token" not in result
+    assert table(backend) == before
