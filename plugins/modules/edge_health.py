@@ -81,12 +81,15 @@ options:
         critical; any drop below it is a warning.
     type: float
     default: 0.01
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
   platform:
+    support: full
     platforms: darwin
 notes:
   - The relay counts C(drops_recent) over its own window, C(health.drops_window_s) of its

@@ -32,6 +32,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+  diff_mode:
+    support: none
   facts:
     support: full
   platform:
@@ -127,8 +129,9 @@ class MacFacts:
             self.fail("sw_vers", rc, out, err)
         values = {}
         for line in out.splitlines():
-            key, _, value = line.partition(":")
-            values[key.strip()] = value.strip()
+            key, colon, value = line.partition(":")
+            if colon:
+                values[key.strip()] = value.strip()
         version = values.get("ProductVersion")
         if not version:
             self.module.fail_json(msg=f"sw_vers printed no ProductVersion: {output_of(out, '')}")

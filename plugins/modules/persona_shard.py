@@ -59,6 +59,9 @@ attributes:
     support: full
   diff_mode:
     support: full
+  platform:
+    support: full
+    platforms: posix
 notes:
   - The result holds the shard's token when it was made (row created or token rotated).
     Run the task with C(no_log) set to true and store the token where the relay reads it; it cannot

@@ -30,6 +30,11 @@ options:
 attributes:
   check_mode:
     support: full
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
 notes:
   - Token hashes are never returned; a shard's token cannot be read back, only rotated with
     M(archety.edge.persona_shard).

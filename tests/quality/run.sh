@@ -84,6 +84,7 @@ step ansible-test sanity --local --python "$PYTHON_VERSION" "${skip_args[@]}" --
 step ansible-test units --local --python "$PYTHON_VERSION" --color no
 
 # Every module and filter renders with ansible-doc, from the built tree.
+echo "== ansible-doc of every module and filter"
 export ANSIBLE_COLLECTIONS_PATH="$work"
 for kind in module filter; do
     names=$(ansible-doc -t "$kind" -l archety.edge | awk '{print $1}')
@@ -92,7 +93,9 @@ for kind in module filter; do
         status=1
     fi
     for name in $names; do
-        if ! ansible-doc -t "$kind" "$name" >/dev/null; then
+        if ansible-doc -t "$kind" "$name" >/dev/null; then
+            echo "ansible-doc -t $kind $name: renders"
+        else
             echo "FAILED: ansible-doc -t $kind $name"
             status=1
         fi

@@ -6,14 +6,21 @@ the repository root stands in for that tree.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
 
-try:
-    import ansible_collections.archety.edge.plugins  # noqa: F401
-except ImportError:
+
+def _collection_importable():
+    try:
+        return importlib.util.find_spec("ansible_collections.archety.edge.plugins") is not None
+    except ImportError:
+        return False
+
+
+if not _collection_importable():
     _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     _ROOT = tempfile.mkdtemp(prefix="edge-units-")
     atexit.register(shutil.rmtree, _ROOT, True)
