@@ -22,7 +22,7 @@ def lab(lifecycle_lab):
 
 
 def remove(lab, check_mode=False, **extra):
-    return lab.playbook(playbook="remove_shard.yml", check_mode=check_mode, **REQUEST, **extra)
+    return lab.playbook(playbook="remove_shard.yml", check_mode=check_mode, **{**REQUEST, **extra})
 
 
 def state(lab):
