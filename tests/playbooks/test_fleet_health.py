@@ -59,6 +59,17 @@ def test_a_sick_shard_is_reported_not_failed(lab):
         lab.edge_lab("grant", "fda", "mini-01")
 
 
+def test_an_unreachable_mac_is_a_line_of_the_table(lab):
+    lab.edge_lab("cut", "mini-01")
+    try:
+        run = lab.playbook(playbook="fleet_health.yml")
+    finally:
+        lab.edge_lab("restore", "mini-01")
+    assert run.rc == 0, run.output
+    cells = table_line(run, SHARD_ID)
+    assert cells[2:6] == ["active", "-", "Mac", "unreachable"], run.output
+
+
 def test_capacity_plan_beside_the_fleet(lab):
     run = lab.playbook(
         "-e", '{"capacity_users": {"lifecycle": 2000, "nova": 500}}', playbook="capacity.yml"

@@ -80,7 +80,7 @@ def test_disabled_cannot_go_straight_to_active(dsn, capsys):
 
 
 def test_phone_not_e164_is_refused_before_the_database_is_opened(dsn, capsys):
-    refused = run(dsn, capsys, **dict(NEW, phone_number="555-0100"))
+    refused = run(dsn, capsys, **{**NEW, "phone_number": "555-0100"})
     assert refused["failed"] is True
     assert refused["msg"].startswith("phone_number '555-0100' is not E.164")
     assert rows(dsn) == []
