@@ -62,6 +62,8 @@ def build_root(host_dir, wheelhouse, extra_dirs):
     for name in OWN_DIRS:
         (new_root / name).mkdir()
         _bind(host_dir / name, new_root / name, recursive=True)
+    # /usr is the machine's, but /usr/local is each Mac's own (releases live there).
+    _bind(host_dir / "usr/local", new_root / "usr/local")
 
     # As on macOS, /tmp and /var/run belong to /private; Linux programs look in /run.
     os.symlink("private/tmp", new_root / "tmp")

@@ -250,6 +250,7 @@ def prepare(host, public_key):
     _mkdir(host.dir / "private/var/log")
     _mkdir(host.dir / "private/var/edge-lab/wheelhouse")
     _mkdir(host.dir / "private/tmp", 0o1777)
+    _mkdir(host.dir / "usr/local")
     # Traversable by everyone: the host's users run Python from /root/.pyenv.
     _mkdir(host.dir / "root", 0o711)
     _make_template(host)

@@ -48,6 +48,8 @@ def assert_nothing_changed(lab) -> None:
         "unknown-host",
         "dsn-unreachable",
         "dsn-scheme",
+        "backend-unreachable",
+        "canary-is-self",
     ],
 )
 def test_bad_input_stops_before_anything_changes(lab, changes, message):
