@@ -61,7 +61,7 @@ def test_defaults_follow_the_design(good):
         # Unquoted in YAML the + vanishes and the number becomes an integer.
         ({"phone_number": 15551230001}, "phone_number '15551230001' is not E.164"),
         ({"health": {"host": "0.0.0.0", "port": 47101}}, "health.host must be a loopback"),
-        ({"health": {"host": "10.0.0.5", "port": 47101}}, "health.host must be a loopback"),
+        ({"health": {"host": "203.0.113.5", "port": 47101}}, "health.host must be a loopback"),
         ({"shard_id": "sage-1"}, "shard_id 'sage-1' must be <persona>-<NN>"),
         ({"shard_id": "sage-00"}, "shard_id 'sage-00' must be <persona>-<NN>"),
         ({"shard_id": "echo-01"}, "shard_id 'echo-01' does not belong to persona 'sage'"),
@@ -126,7 +126,7 @@ def test_check_config_exits_0_for_a_usable_file(good, tmp_path):
 
 def test_check_config_exits_2_listing_every_problem(good, tmp_path):
     good["phone_number"] = "5550100"
-    good["health"]["host"] = "192.168.1.4"
+    good["health"]["host"] = "198.51.100.4"
     Path(good["backend"]["token_file"]).chmod(0o640)
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(good))
