@@ -40,7 +40,7 @@ $(VENV39)/.installed: files/relay/pyproject.toml
 	@test -x "$(PY39_BASE)" || { echo "Python 3.9 not found (pyenv install 3.9, or set PY39_BASE)"; exit 2; }
 	test -x $(VENV39)/bin/python || $(PY39_BASE) -m venv $(VENV39)
 	$(VENV39)/bin/python -m pip install -q --upgrade pip
-	$(VENV39)/bin/python -m pip install -q -e files/relay pytest pytest-asyncio
+	$(VENV39)/bin/python -m pip install -q -e files/relay pytest pytest-asyncio hatchling
 	touch $@
 
 venv39: $(VENV39)/.installed ## Python 3.9 environment for the relay's tests (macOS's python3)

@@ -36,6 +36,7 @@ log = logging.getLogger("edge_relay")
 LONG_POLL_WAIT_S = 25
 DEFAULT_HEARTBEAT_S = 30.0
 DRAIN_BOUND_S = 10.0
+WORKER_STOP_S = 3.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 # AppleScript errors that mean this shard cannot send at all until a person acts.
@@ -184,9 +185,7 @@ class Relay:
 
     async def _drain(self, workers: List[asyncio.Future], sending: asyncio.Future) -> None:
         self.draining = True
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await self._stop_workers(workers)
 
         # The queue loop stops at its next tick; a send under way gets the bound to finish.
         try:
@@ -208,6 +207,22 @@ class Relay:
             "drained: %d command(s) kept in the send queue for the next start", self.queue.depth
         )
         self.store.close()
+
+    @staticmethod
+    async def _stop_workers(workers: List[asyncio.Future]) -> None:
+        """Cancels the workers, again while any is still running, within WORKER_STOP_S.
+
+        Python 3.9's asyncio.wait_for can swallow a cancellation that arrives as its inner
+        future completes; cancelling once and waiting without a bound could then hang a drain.
+        """
+        deadline = time.monotonic() + WORKER_STOP_S
+        pending = set(workers)
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending:
+            log.warning("drain: %d task(s) did not stop within %g s", len(pending), WORKER_STOP_S)
 
     @staticmethod
     async def _sleep(seconds: float, wake: asyncio.Event) -> None:
