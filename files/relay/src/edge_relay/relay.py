@@ -220,7 +220,7 @@ class Relay:
         while pending and time.monotonic() < deadline:
             for task in pending:
                 task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+            pending = (await asyncio.wait(pending, timeout=0.5))[1]
         if pending:
             log.warning("drain: %d task(s) did not stop within %g s", len(pending), WORKER_STOP_S)
 
