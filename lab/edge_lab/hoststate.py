@@ -61,7 +61,8 @@ def _locked(path):
         os.close(fd)
 
 
-def _write(path, state):
+def write_json_atomic(path, state):
+    """Replaces the JSON file at `path` in one step (mode 0644), never leaving it half-written."""
     fd, tmp = tempfile.mkstemp(prefix=".state.", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -89,5 +90,5 @@ def update(root, fn):
         result = fn(state)
         if result is not None:
             state = result
-        _write(path, state)
+        write_json_atomic(path, state)
         return state

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from edge_lab.hoststate import write_json_atomic
+
 # Group ids macOS ships with; the lab's hosts have the same groups.
 STAFF_GID = 20
 ADMIN_GROUP = "admin"
@@ -321,22 +323,6 @@ def save_record_side(root: Path, name: str, data: Dict[str, object]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, data)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
