@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import COLLECTION_PARENT
+from module_support import COLLECTION_PARENT
 
 MODULES = ("macos_user", "launchd_job", "persona_shard", "persona_shard_info", "mac_facts")
 

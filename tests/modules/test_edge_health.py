@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible_collections.archety.edge.plugins.modules import edge_health
-from conftest import run_module
+from module_support import run_module
 
 
 def health(status="healthy", depth=0, enqueued=100, dropped=0, drops_recent=0, **extra):

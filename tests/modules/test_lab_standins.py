@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 from ansible_collections.archety.edge.plugins.modules import mac_facts, macos_user
-from conftest import REPO_ROOT, run_module
+from module_support import REPO_ROOT, run_module
 
 LAB = os.path.join(REPO_ROOT, "lab")
 STANDINS = os.path.join(LAB, "edge_lab", "standins")

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 from ansible_collections.archety.edge.plugins.modules import mac_facts
-from conftest import command_name, run_module
+from module_support import command_name, run_module
 from macos_fakes import FakeDirectory
 
 RELAY_CLIENT = "/Library/Developer/CommandLineTools/usr/bin/python3"

@@ -3,7 +3,7 @@
 import copy
 
 from ansible_collections.archety.edge.plugins.modules import macos_user
-from conftest import run_module
+from module_support import run_module
 from macos_fakes import FakeDirectory
 
 NEW_SHARD = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "s3cret pass"}

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from ansible_collections.archety.edge.plugins.modules import persona_shard, persona_shard_info
-from conftest import run_module
+from module_support import run_module
 
 # The backend's tables as docs/architecture.md ("Backend database") defines them.
 SCHEMA = """
