@@ -7,8 +7,8 @@ import plistlib
 import pytest
 from ansible_collections.archety.edge.plugins.module_utils.waiter import wait_for
 from ansible_collections.archety.edge.plugins.modules import launchd_job
-from module_support import run_module
 from launchd_fakes import PRINT_TEMPLATE, FakeLaunchd
+from module_support import run_module
 
 LABEL = "com.archety.edge.relay.sage-01"
 TARGET = "gui/502/" + LABEL

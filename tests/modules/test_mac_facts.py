@@ -5,8 +5,8 @@ import sqlite3
 
 import pytest
 from ansible_collections.archety.edge.plugins.modules import mac_facts
-from module_support import command_name, run_module
 from macos_fakes import FakeDirectory
+from module_support import command_name, run_module
 
 RELAY_CLIENT = "/Library/Developer/CommandLineTools/usr/bin/python3"
 SW_VERS = "ProductName:\t\tmacOS\nProductVersion:\t\t{version}\nBuildVersion:\t\t{build}\n"

@@ -3,8 +3,8 @@
 import copy
 
 from ansible_collections.archety.edge.plugins.modules import macos_user
-from module_support import run_module
 from macos_fakes import FakeDirectory
+from module_support import run_module
 
 NEW_SHARD = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "s3cret pass"}
 
