@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from relay_support import CORPUS, BackendDouble, Messages, RunningRelay, wait_for
+from edge_relay.backend import Backend
+from edge_relay.chatdb import ChatDB
+from edge_relay.inbound import Inbound, Pending
+from edge_relay.state import StateStore
+from relay_support import CORPUS, TOKEN, BackendDouble, Messages, RunningRelay, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -254,3 +258,46 @@ async def test_the_poll_still_reads_when_the_folder_cannot_be_watched(settings, 
     finally:
         watcher.Observer.start = original
     assert time.monotonic() - started < 10
+
+
+def pending(guid: str, chat: str, rowid: int) -> Pending:
+    event = {"guid": guid, "type": "message", "chat_guid": chat, "text": None}
+    return Pending(event, rowid, guid, "acked", None)
+
+
+async def test_a_chat_settles_only_up_to_its_first_unaccepted_event(backend, messages, tmp_path):
+    chat_a, chat_b = "any;-;+15550001111", "iMessage;+;chat123456"
+    client = Backend(backend.url, TOKEN, 2)
+    await client.start()
+    inbound = Inbound(ChatDB(str(messages.path)), client, StateStore(str(tmp_path / "s")), 1, list)
+    batch = [
+        pending("a1", chat_a, 1),
+        pending("b1", chat_b, 2),
+        pending("a2", chat_a, 3),
+        pending("a3", chat_a, 4),
+        pending("b2", chat_b, 5),
+    ]
+    for item in batch:
+        inbound.queued.add(item.event["guid"])
+    # Read while the batch was in flight: it waits behind the events put back.
+    inbound._queue(pending("a4", chat_a, 6), front=False)
+    backend.refuse_guids.add("a2")
+    try:
+        await inbound._forward(batch, [chat_a, chat_b])
+
+        # a3 was accepted, but a2 before it was not: only a1 counts for chat A.
+        assert set(inbound.ledger.seen) == {"a1", "b1", "b2"}
+        assert [p.event["guid"] for p in inbound.lanes[chat_a]] == ["a2", "a3", "a4"]
+        assert chat_b not in inbound.lanes
+        assert inbound.queued == {"a2", "a3", "a4"}
+        assert inbound.problem == "the backend left 1 event(s) unaccepted"
+
+        backend.refuse_guids.clear()
+        inbound.retry_at = 0.0
+        inbound._dispatch()
+        await asyncio.gather(*inbound.requests)
+    finally:
+        await client.close()
+    assert [e["guid"] for e in backend.inbound_batches[-1]] == ["a2", "a3", "a4"]
+    assert set(inbound.ledger.seen) == {"a1", "b1", "b2", "a2", "a3", "a4"}
+    assert not inbound.lanes and not inbound.queued and inbound.problem is None

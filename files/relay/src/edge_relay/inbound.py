@@ -31,6 +31,12 @@ BATCH_EVENTS events; at most MAX_IN_FLIGHT requests run at once and a chat with 
 flight is not in another, so the messages of one chat are never reordered. A failed request
 (unreachable, 5xx, timeout, malformed answer) puts its events back at the front of their
 lanes and holds all sending for an exponential back-off with jitter.
+
+An answer that leaves some events out of `accepted` settles, per chat, only the run of events
+before the first one left out: that one and every later event of its chat go back to the front
+of the chat's lane, in order, and are sent again after the back-off, accepted ones included
+(the backend takes a guid once). So a chat's later message never counts as handled while an
+earlier one waits, and what the relay sends for a chat always follows Messages' order.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import logging
 import random
 import sqlite3
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from edge_relay.backend import Backend, BackendError
 from edge_relay.chatdb import (
@@ -423,27 +429,52 @@ class Inbound:
             self.wake()
 
         accepted = set(answer["accepted"])
-        done = [pending for pending in batch if pending.event["guid"] in accepted]
-        left = [pending for pending in batch if pending.event["guid"] not in accepted]
+        done, left = self._split_by_chat(batch, accepted)
         self._acknowledged(done)
         log.info(
-            "batch forwarded: %d event(s), %d accepted, guids %s",
+            "batch forwarded: %d event(s), %d accepted, %d handled, guids %s",
             len(events),
+            len(accepted & {str(event["guid"]) for event in events}),
             len(done),
             ",".join(str(event["guid"]) for event in events),
         )
         self.on_commands(answer.get("commands") or [])
         if left:
-            self.problem = f"the backend left {len(left)} event(s) unaccepted"
+            unaccepted = sum(1 for pending in left if pending.event["guid"] not in accepted)
+            self.problem = f"the backend left {unaccepted} event(s) unaccepted"
             self._put_back(left)
             wait = self._back_off()
             log.warning(
-                "the backend left %d event(s) unaccepted; resending in %.1f s", len(left), wait
+                "the backend left %d event(s) unaccepted; resending %d in %.1f s, in order",
+                unaccepted,
+                len(left),
+                wait,
             )
         else:
             self.problem = None
             self.failures = 0
             self.retry_at = 0.0
+
+    @staticmethod
+    def _split_by_chat(
+        batch: List[Pending], accepted: Set[str]
+    ) -> Tuple[List[Pending], List[Pending]]:
+        """(handled, to resend): per chat, the events up to its first unaccepted one count.
+
+        An event accepted after an unaccepted one of its chat is sent again behind it, so the
+        relay never counts a chat's later message handled while an earlier one still waits.
+        """
+        done: List[Pending] = []
+        left: List[Pending] = []
+        held: Set[str] = set()
+        for pending in batch:
+            chat = str(pending.event["chat_guid"])
+            if chat not in held and pending.event["guid"] in accepted:
+                done.append(pending)
+                continue
+            held.add(chat)
+            left.append(pending)
+        return done, left
 
     def _acknowledged(self, done: List[Pending]) -> None:
         rows = [(p.row_guid, p.rowid, p.outcome) for p in done if p.outcome is not None]
