@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -52,6 +53,35 @@ async def test_a_quiet_inbound_warns_past_its_bound(settings, backend, messages)
         report = relay.report()
     assert report["checks"]["inbound"]["warning"] is True
     assert report["status"] == "warning"
+
+
+async def test_health_names_the_relay_process_itself(settings, backend, messages, tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(settings))
+    url = f"http://127.0.0.1:{settings['health']['port']}/health"
+    with open(tmp_path / "relay.log", "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_relay", "run", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    report = None
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(url) as response:
+                        report = await response.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+    assert report is not None, (tmp_path / "relay.log").read_text()[-2000:]
+    # The process launchd started, as a deploy's health gate compares them.
+    assert report["pid"] == proc.pid != os.getpid()
+    assert proc.returncode == 0
 
 
 def doctor(settings, tmp_path):

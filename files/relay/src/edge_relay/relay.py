@@ -133,6 +133,8 @@ class Relay:
             "status": overall(checks, queue_status),
             "version": __version__,
             "shard_id": self.config.shard_id,
+            # The relay's own process, for a deploy to compare with the pid launchd reports.
+            "pid": os.getpid(),
             "send_queue": figures,
             "checks": checks,
             "queue_status": queue_status,
