@@ -5,11 +5,13 @@ Each figure comes from real processes: `edge-relay run` and `edge-backend serve`
 open, a message and its chat_message_join in one transaction). Run from the repository root:
 
     .venv/bin/python bench/inbound_bench.py [--only latency,idle,drain,outage,kill] [--idle-s 60]
+        [--outage-s 120]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -51,7 +54,8 @@ class Messages:
     """chat.db as Messages keeps it: WAL, one writer connection held open."""
 
     def __init__(self, path: Path):
-        self.conn = sqlite3.connect(str(path), isolation_level=None)
+        # The outage run writes from a thread of its own, one writer at a time.
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.conn.executescript(SCHEMA.read_text())
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.chats: dict = {}
@@ -315,22 +319,92 @@ def bench_drain(folder: Path, count: int = 1000, chats: int = 50) -> None:
         backend.stop()
 
 
-def bench_outage(folder: Path, count: int = 1000, chats: int = 50) -> None:
+class Traffic:
+    """Incoming messages at a steady rate over several chats, from a thread of their own.
+
+    Each text ends with the message's number within its chat, so the order of the replies
+    per chat can be checked; the number before it is unique, so a reply given twice shows.
+    """
+
+    def __init__(self, messages: Messages, chats: int, per_second: float):
+        self.messages = messages
+        self.chats = chats
+        self.interval = 1.0 / per_second
+        self.written: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            n = len(self.written)
+            guid, _ = self.messages.incoming(
+                f"+1555200{n % self.chats:04d}", f"traffic {n} {n // self.chats}"
+            )
+            self.written.append(guid)
+            # Paced from the start, so a slow write does not lower the rate.
+            self._stop.wait(max(0.0, started + (n + 1) * self.interval - time.monotonic()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def bench_outage(
+    folder: Path, outage_s: float, per_second: float = 10.0, chats: int = 50, lead_s: float = 5.0
+) -> int:
+    """The backend down for `outage_s` while messages keep arriving, before, during and after.
+
+    Returns 1 when a message was lost, processed twice or replied to out of order.
+    """
     messages, backend, relay = setup(folder)
+    traffic = Traffic(messages, chats, per_second)
     try:
-        write_backlog(messages, count // 2, chats)
+        traffic.start()
+        time.sleep(lead_s)
         backend.stop()
-        write_backlog(messages, count // 2, chats, offset=count // 2)
-        time.sleep(8)
+        down_from = len(traffic.written)
+        time.sleep(outage_s)
+        during = len(traffic.written) - down_from
         backend.start()
-        wait_until(lambda: len(backend.received()) >= count, 120, "every message")
+        back_at = time.time()
+        backlog = list(traffic.written)
+        time.sleep(lead_s)
+        traffic.stop()
+        written = list(traffic.written)
+        wait_until(lambda: len(backend.received()) >= len(written), 120 + outage_s, "every message")
+        # Replies to the last batches are queued a moment after their answer.
+        wait_until(
+            lambda: backend.query("SELECT COUNT(*) FROM edge_commands")[0][0] >= len(written),
+            30,
+            "a reply to every message",
+        )
         time.sleep(1)
+        received = backend.received()
+        lost = len(set(written) - set(received))
+        # What piled up while the backend was down, cleared after it came back.
+        caught_up = max(received_at(received[g]) for g in backlog if g in received) - back_at
+        replies = collections.Counter(
+            json.loads(payload)["bubbles"][0]
+            for (payload,) in backend.query("SELECT payload FROM edge_commands")
+        )
+        twice = sum(1 for count in replies.values() if count > 1)
         checked, disordered = backend.replies_in_order()
         print(
-            f"outage: backend down 8 s under traffic; {len(backend.received())} of {count}"
-            f" received, {backend.resent()} resent, {checked} chats, {disordered} out of order"
+            f"outage: backend down {outage_s:.0f} s under traffic ({per_second:g} messages/s over"
+            f" {chats} chats); {len(written)} written, {during} of them during the outage;"
+            f" {len(set(written) & set(received))} received, {lost} lost,"
+            f" {twice} processed twice, {backend.resent()} resent by the relay,"
+            f" {disordered} of {checked} chats out of order;"
+            f" the {len(backlog)} written until the backend came back were all in"
+            f" {caught_up:.1f} s after it"
         )
+        return 1 if lost or twice or disordered else 0
     finally:
+        traffic.stop()
         relay.stop()
         backend.stop()
 
@@ -360,20 +434,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="latency,idle,drain,outage,kill")
     parser.add_argument("--idle-s", type=float, default=60.0)
+    parser.add_argument(
+        "--outage-s", type=float, default=120.0, help="how long the backend stays down (outage)"
+    )
     args = parser.parse_args()
     runs = {
         "latency": bench_latency,
         "idle": lambda folder: bench_idle(folder, args.idle_s),
         "drain": bench_drain,
-        "outage": bench_outage,
+        "outage": lambda folder: bench_outage(folder, args.outage_s),
         "kill": bench_kill,
     }
-    for name in args.only.split(","):
+    if args.outage_s <= 0:
+        parser.error(f"--outage-s must be a number of seconds above 0, not {args.outage_s:g}")
+    names = args.only.split(",")
+    for name in names:
         if name not in runs:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(runs)}")
+    failed = 0
+    for name in names:
         with tempfile.TemporaryDirectory(prefix=f"edge-bench-{name}-") as folder:
-            runs[name](Path(folder))
-    return 0
+            failed |= runs[name](Path(folder)) or 0
+    return failed
 
 
 if __name__ == "__main__":
