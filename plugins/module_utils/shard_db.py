@@ -8,6 +8,7 @@ placeholders and rewritten here for psycopg, rows come back as plain dicts, and 
 driver error becomes a sentence that names the database without its password.
 """
 
+import os
 import re
 import sqlite3
 import traceback
@@ -88,14 +89,27 @@ class ShardDB:
             self.module.fail_json(
                 msg="dsn sqlite:// must name an absolute path, as in sqlite:///srv/backend.db."
             )
+        # SQLite's own reason for both is "unable to open database file": name which it is.
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            raise ShardDBError(
+                f"cannot open {self.name}: its folder {folder} does not exist. Check the path "
+                "in dsn; it must be the database edge-backend runs with."
+            )
+        if not os.path.exists(path):
+            raise ShardDBError(
+                f"cannot open {self.name}: there is no such file. Check the path in dsn, or "
+                f"{INIT_DB_HINT}."
+            )
         try:
-            # mode=rw: a missing file is an error, not a new empty database.
+            # mode=rw: a database is never made here, only opened.
             conn = sqlite3.connect(
                 f"file:{quote(path)}?mode=rw", uri=True, timeout=10, isolation_level=None
             )
         except sqlite3.Error as err:
             raise ShardDBError(
-                f"cannot open {self.name}: {err}. Check the path, or {INIT_DB_HINT}."
+                f"cannot open {self.name}: {err}. Check the path and that this user may read and "
+                "write the file."
             ) from err
         conn.row_factory = sqlite3.Row
         return conn

@@ -41,9 +41,10 @@ options:
     description: The Mac mini the shard runs on. Left as it is when not given.
     type: str
   capacity:
-    description: How many users the shard is meant to serve.
+    description:
+      - How many users the shard is meant to serve, at least 1. A new row gets 150 when it is
+        not given; an existing row keeps its capacity.
     type: int
-    default: 150
   state:
     description:
       - The shard's state. A new row starts in V(provisioning); when not given, an existing
@@ -135,6 +136,8 @@ from ansible_collections.archety.edge.plugins.module_utils.shard_db import (  # 
 SHARD_ID = re.compile(r"^([a-z][a-z0-9]{1,19})-(0[1-9]|[1-9][0-9])$")
 PERSONA = re.compile(r"^[a-z][a-z0-9]{1,19}$")
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+# A new row's capacity: the fleet's rule of thumb of 150 users per shard for moderate use.
+DEFAULT_CAPACITY = 150
 TRANSITIONS = {
     None: ("provisioning",),
     "provisioning": ("active", "retiring", "disabled"),
@@ -181,7 +184,7 @@ def validate_input(module):
             msg=f"phone_number '{phone}' is not E.164 (+ and 8 to 15 digits, no spaces), "
             "as in +15551230001."
         )
-    if params["capacity"] < 1:
+    if params["capacity"] is not None and params["capacity"] < 1:
         module.fail_json(msg=f"capacity {params['capacity']} must be at least 1.")
     if params["agent_id"] is not None and not params["agent_id"].strip():
         module.fail_json(msg="agent_id is empty: leave it out to use the shard id.")
@@ -261,7 +264,7 @@ class ShardRow:
             "agent_id": agent_id,
             "host": params["host"],
             "state": state,
-            "capacity": params["capacity"],
+            "capacity": DEFAULT_CAPACITY if params["capacity"] is None else params["capacity"],
             "active_users": 0,
             "token_hash": token_hash,
             "relay_version": None,
@@ -344,7 +347,7 @@ def main():
         phone_number=dict(type="str"),
         agent_id=dict(type="str"),
         host=dict(type="str"),
-        capacity=dict(type="int", default=150),
+        capacity=dict(type="int"),
         state=dict(
             type="str", choices=["provisioning", "active", "retiring", "disabled", "absent"]
         ),

@@ -8,6 +8,8 @@ short_description: Read shards from the backend's persona_shards table
 description:
   - Returns the rows of the backend's C(persona_shards) table that match every filter given,
     ordered by shard id, without their token hashes. Changes nothing.
+  - With O(persona), also returns RV(assignment), the shard the backend would give a new user
+    of that persona now.
 version_added: "1.0.0"
 author:
   - Archety edge team (@archety)
@@ -27,6 +29,10 @@ options:
   host:
     description: Only the shards on this Mac mini.
     type: str
+  state:
+    description: Only the shards in this state.
+    type: str
+    choices: [provisioning, active, retiring, disabled]
 attributes:
   check_mode:
     support: full
@@ -38,6 +44,9 @@ attributes:
 notes:
   - Token hashes are never returned; a shard's token cannot be read back, only rotated with
     M(archety.edge.persona_shard).
+  - RV(assignment) follows the backend's rule for a new user (sticky assignment) at the moment
+    of the read, the C(active) shard of the persona with the fewest active users, the lowest
+    shard id on a tie; the backend may decide otherwise a moment later, as users arrive.
 """
 
 EXAMPLES = r"""
@@ -47,6 +56,26 @@ EXAMPLES = r"""
     persona: sage
   delegate_to: localhost
   register: edge_sage_shards
+
+- name: Find the shard a new user of sage would be given
+  archety.edge.persona_shard_info:
+    dsn: "{{ edge_backend_dsn }}"
+    persona: sage
+  delegate_to: localhost
+  register: edge_sage_next
+
+- name: Say when sage has no shard to take a new user
+  ansible.builtin.debug:
+    msg: persona sage has no active shard; new users of sage would be refused
+  when: edge_sage_next.assignment is none
+
+- name: List the shards of one Mac mini still waiting to serve
+  archety.edge.persona_shard_info:
+    dsn: "{{ edge_backend_dsn }}"
+    host: mini-02
+    state: provisioning
+  delegate_to: localhost
+  register: edge_waiting_shards
 
 - name: Find which shard owns a phone number
   archety.edge.persona_shard_info:
@@ -79,8 +108,29 @@ exists:
   description: Whether at least one row matched.
   returned: always
   type: bool
+assignment:
+  description:
+    - The shard a new user of O(persona) would be assigned to now, whatever the other filters
+      say - the C(active) shard of that persona with the fewest active users, the lowest shard
+      id on a tie - without C(token_hash).
+    - V(null) when the persona has no C(active) shard; the backend then refuses new users.
+  returned: when O(persona) is given
+  type: dict
+  sample:
+    shard_id: sage-02
+    persona: sage
+    phone_number: "+15551230002"
+    agent_id: sage-02
+    host: mini-02
+    state: active
+    capacity: 150
+    active_users: 17
+    relay_version: 1.0.0
+    last_seen_at: "2026-12-03T12:00:05+00:00"
+    created_at: "2026-11-20T09:00:00+00:00"
+    updated_at: "2026-11-21T10:00:00+00:00"
 queries:
-  description: The SQL statement run, with placeholders.
+  description: The SQL statements run, with placeholders.
   returned: always
   type: list
   elements: str
@@ -95,12 +145,19 @@ from ansible_collections.archety.edge.plugins.module_utils.shard_db import (  # 
     shard_db_argument_spec,
 )
 
-FILTERS = ("shard_id", "persona", "phone_number", "host")
+FILTERS = ("shard_id", "persona", "phone_number", "host", "state")
+STATES = ["provisioning", "active", "retiring", "disabled"]
+# The backend's own choice for a new user of a persona (edge-backend, sticky assignment).
+ASSIGNMENT = (
+    f"SELECT {', '.join(SHARD_COLUMNS)} FROM persona_shards "
+    "WHERE persona = :persona AND state = 'active' ORDER BY active_users, shard_id LIMIT 1"
+)
 
 
 def main():
     argument_spec = shard_db_argument_spec()
     argument_spec.update(dict((name, dict(type="str")) for name in FILTERS))
+    argument_spec["state"]["choices"] = STATES
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
 
     filters = dict(
@@ -116,16 +173,19 @@ def main():
         db = ShardDB(module, module.params["dsn"])
     except ShardDBError as err:
         module.fail_json(msg=str(err))
+    result = dict(changed=False)
     try:
         db.require_shard_table()
-        rows = db.rows(query, filters)
+        shards = [public_row(row) for row in db.rows(query, filters)]
+        if "persona" in filters:
+            chosen = db.rows(ASSIGNMENT, {"persona": filters["persona"]})
+            result["assignment"] = public_row(chosen[0]) if chosen else None
     except ShardDBError as err:
         db.close()
-        module.fail_json(msg=str(err))
+        module.fail_json(msg=str(err), queries=db.queries)
     db.close()
 
-    shards = [public_row(row) for row in rows]
-    module.exit_json(changed=False, shards=shards, exists=bool(shards), queries=db.queries)
+    module.exit_json(shards=shards, exists=bool(shards), queries=db.queries, **result)
 
 
 if __name__ == "__main__":
