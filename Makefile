@@ -63,11 +63,10 @@ test-lab: setup ## Tests of the lab and its macOS stand-ins
 test-playbooks: setup ## add_shard.yml on a lab: bad input, person-only steps, --check, rerun
 	$(PY) -m pytest -q tests/playbooks
 
-# dry_run is left out until add_shard.yml --check stops reporting changes on the fleet it builds.
-MOLECULE_SCENARIOS := add_shard bad_release host_lost rolling
+MOLECULE_SCENARIOS := add_shard bad_release host_lost dry_run rolling
 
 test-molecule: setup ## Molecule scenarios (check, converge, idempotence, verify)
-	for scenario in $(MOLECULE_SCENARIOS); do $(VENV)/bin/molecule test -s $$scenario; done
+	for scenario in $(MOLECULE_SCENARIOS); do $(VENV)/bin/molecule test -s $$scenario || exit 1; done
 
 test-quality: venv ## ansible-test sanity and units, ansible-doc, argument specs, from a built tree
 	tests/quality/run.sh
