@@ -19,12 +19,13 @@ class WaitResult:
         self.elapsed = elapsed
 
 
-def wait_for(probe, ready, timeout, interval=0.5, clock=None, sleep=None):
+def wait_for(probe, ready, timeout, interval=0.5, clock=None, sleep=None, hopeless=None):
     """Call ``probe()`` until ``ready(value)`` is true or ``timeout`` seconds have passed.
 
     The probe runs at least once, even with a timeout of zero, so a state that is
-    already reached is reported without waiting. Returns a WaitResult holding the
-    last value seen, so the caller can explain a timeout with what it observed.
+    already reached is reported without waiting. ``hopeless(value)``, when given, ends
+    the wait early on a value that waiting cannot change. Returns a WaitResult holding
+    the last value seen, so the caller can explain a timeout with what it observed.
     """
     clock = clock or time.monotonic
     sleep = sleep or time.sleep
@@ -35,6 +36,6 @@ def wait_for(probe, ready, timeout, interval=0.5, clock=None, sleep=None):
         if ready(value):
             return WaitResult(True, value, clock() - start)
         remaining = deadline - clock()
-        if remaining <= 0:
+        if remaining <= 0 or (hopeless is not None and hopeless(value)):
             return WaitResult(False, value, clock() - start)
         sleep(min(interval, remaining))

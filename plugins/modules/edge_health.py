@@ -9,15 +9,19 @@ description:
   - Reads the JSON of a relay's C(/health) endpoint on 127.0.0.1 and judges it by the
     fleet's bounds, the gate a rolling deploy waits on before it moves to the next shard.
   - Judges the relay's checks (chat.db readable, backend reachable, registered, Messages
-    sending), the send queue's depth now, the drops the relay counted in its recent window
-    (C(drops_recent)), and the drop rate seen while waiting.
-  - Polls until the relay is healthy or O(timeout) seconds have passed (monotonic clock),
-    and fails with the check and the figure that kept it from being healthy.
+    sending, GUI session), the send queue's depth now and how long it has stayed high, the
+    drops the relay counted in its recent window (C(drops_recent)), and the drop rate seen
+    while waiting. A depth or a drop that is long past does not count; the totals since the
+    queue was created are only used for the rate while waiting.
+  - Each verdict is C(healthy), C(warning) or C(critical) (C(unreachable) when the relay does
+    not answer). The gate passes on C(healthy), or on C(warning) too with O(allow_warning).
+  - Polls until the relay passes or O(timeout) seconds have passed (monotonic clock), and
+    fails with the check and the figure that kept it from passing.
   - Finds the port from O(port), or from O(shard_id) in the health ports file the relay role
     keeps, or from the C(health.port) of the relay configuration O(config).
-  - Runs on the Mac, under macOS's Python 3.9 or newer. Reads only; does nothing in check
+  - Runs on the Mac, under macOS's Python 3.9 or newer. Reads only; reads nothing in check
     mode.
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 options:
@@ -41,8 +45,16 @@ options:
       - Version the relay must report, so that a gate after a deploy judges the new release
         and not a relay that is still the old one.
     type: str
+  pid:
+    description:
+      - Process id the relay must report (the C(pid) key of its C(/health)), so that the gate
+        judges the process just started (the RV(archety.edge.launchd_job#module:pid) of its
+        job) and not an earlier one still answering on the port.
+      - A relay whose C(/health) has no C(pid) is too old to report it; the module then fails
+        at once, saying so. Leave O(pid) out for such a relay.
+    type: int
   timeout:
-    description: Seconds to wait for the relay to be healthy; 0 judges once.
+    description: Seconds to wait for the relay to pass; 0 judges once.
     type: float
     default: 60
   interval:
@@ -51,7 +63,7 @@ options:
     default: 1
   stable_for:
     description:
-      - Seconds the relay must stay healthy, read after read, before the gate passes; catches
+      - Seconds the relay must stay passing, read after read, before the gate passes; catches
         a release that answers healthy once and then falls over.
     type: float
     default: 0
@@ -64,21 +76,29 @@ options:
     type: int
     default: 10
   depth_warning:
-    description: Largest send queue depth that is a warning; above it the relay is critical.
+    description:
+      - Largest send queue depth that is a warning whatever its duration. A deeper queue is a
+        warning until it has stayed deeper for O(depth_critical_after) seconds, then critical.
     type: int
     default: 50
+  depth_critical_after:
+    description:
+      - Seconds the depth must stay above O(depth_warning), read after read, before it is
+        critical; 0 makes any such depth critical at once.
+    type: float
+    default: 60
   drops_healthy:
     description: Most drops in the relay's recent window that are still healthy.
     type: int
     default: 0
   drops_warning:
-    description: Most drops in the relay's recent window that are a warning.
+    description: Most drops in the relay's recent window that are a warning; more is critical.
     type: int
     default: 5
   drop_rate_warning:
     description:
-      - Drop rate (dropped over enqueued while waiting, 0 to 1) from which the relay is
-        critical; any drop below it is a warning.
+      - Drop rate (sends dropped over sends enqueued while waiting, 0 to 1) from which the relay
+        is critical; a rate below it that is not zero is a warning.
     type: float
     default: 0.01
 extends_documentation_fragment:
@@ -92,11 +112,16 @@ attributes:
     support: full
     platforms: darwin
 notes:
-  - The relay counts C(drops_recent) over its own window, C(health.drops_window_s) of its
-    configuration (15 minutes by default); the drop rate is measured between the first and
-    the last read of this module, since the relay reports its totals only.
+  - The defaults are the fleet's bounds; each can be set. The relay counts C(drops_recent)
+    over its own window, C(health.drops_window_s) of its configuration (15 minutes by
+    default), so the window is set there, not here.
+  - The relay reports totals for the rate, not the sends of its window, so the drop rate is
+    measured between the first and the last read of this module, and a depth's duration from
+    the first read that saw it high. A single read (O(timeout=0)) therefore never finds a deep
+    queue critical, only a warning.
   - In check mode nothing is read, since the relay may not run yet (or runs an older
-    release) before the real run; the result says so and RV(skipped) is true.
+    release) before the real run; the result says so and RV(skipped) is true. A port that
+    cannot be found yet (no ports file, the shard not in it) is reported, not a failure.
   - Only 127.0.0.1 is read; the relay serves its health on the loopback address only.
 """
 
@@ -108,11 +133,26 @@ EXAMPLES = r"""
     timeout: 60
     stable_for: 3
 
-- name: Judge a relay once, accepting a warning
+- name: Start the relay, then judge the process launchd just started
+  archety.edge.launchd_job:
+    label: com.archety.edge.relay.sage-01
+    plist: /Users/edge_sage_01/Library/LaunchAgents/com.archety.edge.relay.sage-01.plist
+    user: edge_sage_01
+  become: true
+  register: edge_started
+
+- name: Wait until that very process reports healthy
+  archety.edge.edge_health:
+    shard_id: sage-01
+    pid: "{{ edge_started.pid }}"
+    timeout: 60
+
+- name: Judge a relay once, accepting a warning, with a stricter queue bound
   archety.edge.edge_health:
     port: 47101
     timeout: 0
     allow_warning: true
+    depth_healthy: 5
 """
 
 RETURN = r"""
@@ -126,14 +166,20 @@ reasons:
   returned: unless skipped
   type: list
   elements: str
-  sample: ["send queue depth 73 is above 50"]
+  sample: ["send queue depth 73 is above 50 (critical if it stays so for 60 s)"]
 health:
   description: The last JSON the relay answered, or null when it did not answer.
   returned: unless skipped
   type: dict
-  sample: {"status": "healthy", "version": "0.2.0", "send_queue": {"depth": 0}}
+  sample:
+    status: healthy
+    version: 0.2.0
+    pid: 4243
+    shard_id: sage-01
+    send_queue: {depth: 0, totalEnqueued: 1542, totalDelivered: 1539, totalDropped: 0}
+    drops_recent: 0
 port:
-  description: The health port read.
+  description: The health port read; null in check mode when it cannot be found yet.
   returned: always
   type: int
   sample: 47101
@@ -160,6 +206,14 @@ from ansible_collections.archety.edge.plugins.module_utils.waiter import wait_fo
 RANK = {"healthy": 0, "warning": 1, "critical": 2, "unreachable": 3}
 READ_TIMEOUT = 5
 CONFIG_PORT = re.compile(r"^\s+port:\s*([0-9]+)\s*(#.*)?$")
+TOO_OLD_FOR_PID = (
+    "the relay is too old to report its pid (its /health has no pid): upgrade the relay, "
+    "or leave pid out"
+)
+
+
+class PortUnknown(Exception):
+    """The health port cannot be found; the message says where it was looked for."""
 
 
 def port_from_config(path):
@@ -178,18 +232,19 @@ def port_from_config(path):
     return None
 
 
-def find_port(module):
-    params = module.params
+def find_port(params):
     if params["port"]:
         return params["port"]
     if params["config"]:
         try:
             port = port_from_config(params["config"])
-        except OSError as error:
-            module.fail_json(msg=f"cannot read the relay configuration {params['config']}: {error}")
+        except (OSError, UnicodeDecodeError) as error:
+            raise PortUnknown(
+                f"cannot read the relay configuration {params['config']}: {error}"
+            ) from error
         if not port:
-            module.fail_json(
-                msg=f"the relay configuration {params['config']} has no health.port: "
+            raise PortUnknown(
+                f"the relay configuration {params['config']} has no health.port: "
                 "write it there or give port."
             )
         return port
@@ -198,27 +253,50 @@ def find_port(module):
         with open(path) as handle:
             ports = json.load(handle)
     except (OSError, ValueError) as error:
-        module.fail_json(
-            msg=f"cannot read the health ports of this Mac from {path} ({error}): "
+        raise PortUnknown(
+            f"cannot read the health ports of this Mac from {path} ({error}): "
             "give port, or config, or the right ports_file."
+        ) from error
+    if not isinstance(ports, dict):
+        raise PortUnknown(
+            f"{path} is not a JSON object of shard ids and ports: give port, or config, or the "
+            "right ports_file."
         )
     if params["shard_id"] not in ports:
-        module.fail_json(
-            msg=f"shard {params['shard_id']} has no health port in {path} (it has "
+        raise PortUnknown(
+            f"shard {params['shard_id']} has no health port in {path} (it has "
             f"{', '.join(sorted(ports)) or 'none'}): check the shard id, or add the shard first."
         )
-    return int(ports[params["shard_id"]])
+    port = ports[params["shard_id"]]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise PortUnknown(
+            f"the health port of shard {params['shard_id']} in {path} is {port!r}, not a TCP "
+            "port: give port, or rewrite the file with the relay role."
+        )
+    return port
+
+
+def count(value):
+    """A figure of the relay's JSON as a whole number of 0 or more, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 class Gate:
-    """Reads /health and judges it; keeps the first read so the drop rate spans the wait."""
+    """Reads /health and judges it, keeping what the judgement of the recent past needs:
+    the totals of the first read (the drop rate spans the wait) and since when the queue
+    has been too deep."""
 
     def __init__(self, module, port):
         self.module = module
         self.params = module.params
         self.url = f"http://127.0.0.1:{port}/health"
         self.first_totals = None
-        self.healthy_since = None
+        self.deep_since = None
+        self.passing_since = None
 
     def read(self):
         try:
@@ -237,8 +315,8 @@ class Gate:
             return None, f"{self.url} did not answer a JSON object"
         return health, None
 
-    def judge(self, health):
-        """(status, reasons) by this module's bounds."""
+    def judge(self, health, at):
+        """(status, reasons, hopeless) by this module's bounds, for a read made at ``at``."""
         p = self.params
         reasons, status = [], "healthy"
 
@@ -248,28 +326,63 @@ class Gate:
             if RANK[level] > RANK[status]:
                 status = level
 
+        def figure(mapping, key, name):
+            value = count(mapping.get(key, 0))
+            if value is None:
+                worse("critical", f"the relay reported {name} as {mapping.get(key)!r}, not a count")
+                return 0
+            return value
+
+        hopeless = False
         if p["shard_id"] and health.get("shard_id") not in (None, p["shard_id"]):
             worse("critical", f"the relay on this port is shard {health.get('shard_id')}")
         if p["version"] and health.get("version") != p["version"]:
             worse("critical", f"the relay runs version {health.get('version')}, not {p['version']}")
-        for name, check in sorted((health.get("checks") or {}).items()):
+        if p["pid"] is not None:
+            if "pid" not in health:
+                worse("critical", TOO_OLD_FOR_PID)
+                hopeless = True
+            elif health["pid"] != p["pid"]:
+                worse("critical", f"the relay answering is pid {health['pid']}, not {p['pid']}")
+        checks = health.get("checks")
+        for name, check in sorted(checks.items() if isinstance(checks, dict) else []):
             if isinstance(check, dict) and not check.get("ok", False):
                 worse("critical", f"check {name} failed: {check.get('detail', 'no detail')}")
 
-        queue = health.get("send_queue") or {}
-        depth = int(queue.get("depth", 0))
+        queue = health.get("send_queue")
+        queue = queue if isinstance(queue, dict) else {}
+        depth = figure(queue, "depth", "send_queue.depth")
         if depth > p["depth_warning"]:
-            worse("critical", f"send queue depth {depth} is above {p['depth_warning']}")
-        elif depth > p["depth_healthy"]:
-            worse("warning", f"send queue depth {depth} is above {p['depth_healthy']}")
+            if self.deep_since is None:
+                self.deep_since = at
+            lasted = at - self.deep_since
+            if lasted >= p["depth_critical_after"]:
+                worse(
+                    "critical",
+                    f"send queue depth {depth} is above {p['depth_warning']}, and has been "
+                    f"for {lasted:.1f} s",
+                )
+            else:
+                worse(
+                    "warning",
+                    f"send queue depth {depth} is above {p['depth_warning']} (critical if it "
+                    f"stays so for {p['depth_critical_after']:g} s)",
+                )
+        else:
+            self.deep_since = None
+            if depth > p["depth_healthy"]:
+                worse("warning", f"send queue depth {depth} is above {p['depth_healthy']}")
 
-        drops = int(health.get("drops_recent", 0))
+        drops = figure(health, "drops_recent", "drops_recent")
         if drops > p["drops_warning"]:
             worse("critical", f"{drops} sends dropped recently, more than {p['drops_warning']}")
         elif drops > p["drops_healthy"]:
             worse("warning", f"{drops} sends dropped recently, more than {p['drops_healthy']}")
 
-        totals = (int(queue.get("totalEnqueued", 0)), int(queue.get("totalDropped", 0)))
+        totals = (
+            figure(queue, "totalEnqueued", "send_queue.totalEnqueued"),
+            figure(queue, "totalDropped", "send_queue.totalDropped"),
+        )
         if self.first_totals is None:
             self.first_totals = totals
         enqueued = totals[0] - self.first_totals[0]
@@ -278,63 +391,111 @@ class Gate:
             rate = dropped / max(enqueued, dropped)
             level = "critical" if rate >= p["drop_rate_warning"] else "warning"
             worse(level, f"{dropped} of {enqueued} sends dropped while waiting ({rate:.1%})")
-        return status, reasons
+        return status, reasons, hopeless
 
     def probe(self):
+        at = time.monotonic()
         health, problem = self.read()
         if health is None:
-            verdict = {"status": "unreachable", "reasons": [problem], "health": None}
-        else:
-            status, reasons = self.judge(health)
-            verdict = {"status": status, "reasons": reasons, "health": health}
-        verdict["at"] = time.monotonic()
-        return verdict
+            return {
+                "status": "unreachable",
+                "reasons": [problem],
+                "health": None,
+                "hopeless": False,
+                "at": at,
+            }
+        status, reasons, hopeless = self.judge(health, at)
+        return {
+            "status": status,
+            "reasons": reasons,
+            "health": health,
+            "hopeless": hopeless,
+            "at": at,
+        }
 
     def passes(self, verdict):
         wanted = RANK["warning"] if self.params["allow_warning"] else RANK["healthy"]
         if RANK[verdict["status"]] > wanted:
-            self.healthy_since = None
+            self.passing_since = None
             return False
-        if self.healthy_since is None:
-            self.healthy_since = verdict["at"]
-        return verdict["at"] - self.healthy_since >= self.params["stable_for"]
+        if self.passing_since is None:
+            self.passing_since = verdict["at"]
+        return verdict["at"] - self.passing_since >= self.params["stable_for"]
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            port=dict(type="int"),
-            shard_id=dict(type="str"),
-            config=dict(type="path"),
-            ports_file=dict(type="path", default="/usr/local/archety/edge/health-ports.json"),
-            version=dict(type="str"),
-            timeout=dict(type="float", default=60),
-            interval=dict(type="float", default=1),
-            stable_for=dict(type="float", default=0),
-            allow_warning=dict(type="bool", default=False),
-            depth_healthy=dict(type="int", default=10),
-            depth_warning=dict(type="int", default=50),
-            drops_healthy=dict(type="int", default=0),
-            drops_warning=dict(type="int", default=5),
-            drop_rate_warning=dict(type="float", default=0.01),
-        ),
-        required_one_of=[("port", "shard_id", "config")],
-        mutually_exclusive=[("port", "config")],
-        supports_check_mode=True,
-    )
+def check_bounds(module):
     p = module.params
     if p["port"] is not None and not 0 < p["port"] < 65536:
         module.fail_json(msg=f"port {p['port']} is not a TCP port (1 to 65535).")
+    if p["pid"] is not None and p["pid"] < 1:
+        module.fail_json(msg=f"pid {p['pid']} is not a process id (1 or more).")
+    negative = [
+        name
+        for name in ("depth_healthy", "depth_warning", "drops_healthy", "drops_warning")
+        if p[name] < 0
+    ]
+    if negative:
+        module.fail_json(msg=f"{', '.join(negative)} must be 0 or more.")
     if p["depth_healthy"] > p["depth_warning"] or p["drops_healthy"] > p["drops_warning"]:
         module.fail_json(
             msg="each healthy bound must be at most its warning bound: got depth "
             f"{p['depth_healthy']}/{p['depth_warning']}, drops "
             f"{p['drops_healthy']}/{p['drops_warning']}."
         )
+    if not 0 < p["drop_rate_warning"] <= 1:
+        module.fail_json(
+            msg=f"drop_rate_warning {p['drop_rate_warning']:g} is not a rate: give more than 0 "
+            "and at most 1, as 0.01 for 1%."
+        )
     if p["timeout"] < 0 or p["interval"] <= 0 or p["stable_for"] < 0:
         module.fail_json(msg="timeout and stable_for must be 0 or more, interval more than 0.")
+    if p["depth_critical_after"] < 0:
+        module.fail_json(msg="depth_critical_after must be 0 or more seconds.")
 
-    port = find_port(module)
+
+def argument_spec():
+    return dict(
+        port=dict(type="int"),
+        shard_id=dict(type="str"),
+        config=dict(type="path"),
+        ports_file=dict(type="path", default="/usr/local/archety/edge/health-ports.json"),
+        version=dict(type="str"),
+        pid=dict(type="int"),
+        timeout=dict(type="float", default=60),
+        interval=dict(type="float", default=1),
+        stable_for=dict(type="float", default=0),
+        allow_warning=dict(type="bool", default=False),
+        depth_healthy=dict(type="int", default=10),
+        depth_warning=dict(type="int", default=50),
+        depth_critical_after=dict(type="float", default=60),
+        drops_healthy=dict(type="int", default=0),
+        drops_warning=dict(type="int", default=5),
+        drop_rate_warning=dict(type="float", default=0.01),
+    )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        required_one_of=[("port", "shard_id", "config")],
+        mutually_exclusive=[("port", "config")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    check_bounds(module)
+
+    try:
+        port = find_port(p)
+    except PortUnknown as problem:
+        if not module.check_mode:
+            module.fail_json(msg=str(problem))
+        # A dry run before the relay role has written the ports file: nothing to judge yet.
+        module.exit_json(
+            changed=False,
+            skipped=True,
+            port=None,
+            msg=f"check mode: the health port is not known yet ({problem}); nothing read",
+        )
     who = f"shard {p['shard_id']}" if p["shard_id"] else f"the relay on port {port}"
     if module.check_mode:
         module.exit_json(
@@ -345,7 +506,13 @@ def main():
         )
 
     gate = Gate(module, port)
-    result = wait_for(gate.probe, gate.passes, p["timeout"] + p["stable_for"], p["interval"])
+    result = wait_for(
+        gate.probe,
+        gate.passes,
+        p["timeout"] + p["stable_for"],
+        p["interval"],
+        hopeless=lambda verdict: verdict["hopeless"],
+    )
     verdict = result.value
     outcome = dict(
         changed=False,

@@ -1,6 +1,7 @@
 """archety.edge.edge_health against a real HTTP server on 127.0.0.1 serving crafted /health."""
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,9 +48,15 @@ class Relay:
                     return
                 body = relay.bodies[min(relay.reads, len(relay.bodies) - 1)]
                 relay.reads += 1
-                data = json.dumps(body).encode()
-                self.send_response(503 if body.get("status") == "critical" else 200)
-                self.send_header("Content-Type", "application/json")
+                if isinstance(body, str):
+                    # Not the relay: something else answering on its port.
+                    data, code, kind = body.encode(), 200, "text/plain"
+                else:
+                    data, kind = json.dumps(body).encode(), "application/json"
+                    critical = isinstance(body, dict) and body.get("status") == "critical"
+                    code = 503 if critical else 200
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -59,7 +66,9 @@ class Relay:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def stop(self):
@@ -95,15 +104,134 @@ def test_waits_until_the_relay_turns_healthy(relay):
     assert relay.reads == 3
 
 
-def test_deep_queue_fails_at_the_deadline_naming_the_figure(relay):
+def test_deep_queue_is_a_warning_until_it_lasts_then_critical(relay):
     relay.bodies = [health(depth=73, status="critical")]
     started = time.monotonic()
     result = run(port=relay.port, timeout=0.5)
     assert time.monotonic() - started < 3
     assert result.failed
-    assert result["status"] == "critical"
-    assert "send queue depth 73 is above 50" in result["msg"]
+    assert result["status"] == "warning"
+    assert "send queue depth 73 is above 50 (critical if it stays so for 60 s)" in result["msg"]
     assert relay.reads > 1
+
+    relay.reads = 0
+    lasting = run(port=relay.port, timeout=0.5, depth_critical_after=0.2)
+    assert lasting.failed
+    assert lasting["status"] == "critical"
+    assert re.search(
+        r"send queue depth 73 is above 50, and has been for 0\.[2-9] s", lasting["msg"]
+    )
+
+
+class Params:
+    """A module's params with this module's defaults, for judging reads at chosen times."""
+
+    def __init__(self, **given):
+        spec = edge_health.argument_spec()
+        self.params = dict((name, option.get("default")) for name, option in spec.items())
+        self.params.update(given)
+
+
+def test_depth_turns_critical_only_after_staying_deep_and_starts_again_after_a_dip():
+    gate = edge_health.Gate(Params(port=47101), 47101)
+    deep, shallow = health(depth=80), health(depth=30)
+    timeline = [
+        (deep, 0.0, "warning"),
+        (deep, 59.0, "warning"),
+        (deep, 60.0, "critical"),
+        (shallow, 61.0, "warning"),
+        (deep, 62.0, "warning"),
+        (deep, 121.5, "warning"),
+        (deep, 122.0, "critical"),
+    ]
+    for body, at, expected in timeline:
+        status, reasons, hopeless = gate.judge(body, at)
+        assert (at, status) == (at, expected), reasons
+        assert hopeless is False
+    assert reasons == ["send queue depth 80 is above 50, and has been for 60.0 s"]
+
+
+def test_depth_bounds_are_settable(relay):
+    relay.bodies = [health(depth=60)]
+    assert run(port=relay.port, timeout=0, depth_critical_after=0)["status"] == "critical"
+    settled = run(port=relay.port, timeout=0, depth_warning=70, depth_critical_after=0)
+    assert settled["status"] == "warning"
+    assert settled["reasons"] == ["send queue depth 60 is above 10"]
+    assert not run(port=relay.port, timeout=0, depth_healthy=60, depth_warning=70).failed
+
+
+def test_an_old_incident_does_not_keep_the_relay_from_passing(relay):
+    # 40 drops long ago: in the totals since the queue was made, not in the recent window.
+    relay.bodies = [health(enqueued=1000, dropped=40, drops_recent=0)]
+    result = run(port=relay.port, timeout=0)
+    assert not result.failed, result["msg"]
+    assert result["status"] == "healthy" and result["reasons"] == []
+
+
+def test_drop_rate_bound_is_settable(relay):
+    relay.bodies = [health(enqueued=100), health(enqueued=300, dropped=5)]
+    result = run(port=relay.port, timeout=0.3, stable_for=0.2, drop_rate_warning=0.05)
+    assert result.failed
+    assert result["status"] == "warning"
+    assert "5 of 200 sends dropped while waiting (2.5%)" in result["msg"]
+
+
+def test_pid_of_the_process_started_passes(relay):
+    relay.bodies = [health(pid=4243)]
+    result = run(port=relay.port, timeout=0, pid=4243)
+    assert not result.failed, result["msg"]
+    assert result["health"]["pid"] == 4243
+
+
+def test_another_pid_is_waited_on_until_the_started_process_answers(relay):
+    relay.bodies = [health(pid=4100), health(pid=4100), health(pid=4243)]
+    assert not run(port=relay.port, timeout=2, pid=4243).failed
+    assert relay.reads == 3
+
+    relay.bodies, relay.reads = [health(pid=4100)], 0
+    result = run(port=relay.port, timeout=0.3, pid=4243)
+    assert result.failed
+    assert "the relay answering is pid 4100, not 4243" in result["msg"]
+    assert relay.reads > 1
+
+
+def test_relay_without_pid_is_too_old_and_fails_at_once(relay):
+    started = time.monotonic()
+    result = run(port=relay.port, timeout=5, pid=4243)
+    assert time.monotonic() - started < 2
+    assert result.failed
+    assert relay.reads == 1
+    assert result["status"] == "critical"
+    assert (
+        "the relay is too old to report its pid (its /health has no pid): upgrade the relay, "
+        "or leave pid out"
+    ) in result["msg"]
+    assert not run(port=relay.port, timeout=0).failed, "without pid, an older relay passes"
+
+
+def test_figures_that_are_not_counts_are_named_not_a_traceback(relay):
+    body = health()
+    body["send_queue"]["depth"] = "lots"
+    body["drops_recent"] = -1
+    body["checks"] = "all fine"
+    relay.bodies = [body]
+    result = run(port=relay.port, timeout=0)
+    assert result.failed
+    assert result["status"] == "critical"
+    assert result["reasons"] == [
+        "the relay reported send_queue.depth as 'lots', not a count",
+        "the relay reported drops_recent as -1, not a count",
+    ]
+
+
+def test_something_else_on_the_port_is_not_a_relay(relay):
+    relay.bodies = ["<html>hello</html>"]
+    result = run(port=relay.port, timeout=0)
+    assert result.failed and result["status"] == "unreachable"
+    assert f"http://127.0.0.1:{relay.port}/health did not answer JSON" in result["msg"]
+    relay.bodies = [[1, 2, 3]]
+    listed = run(port=relay.port, timeout=0)
+    assert "did not answer a JSON object" in listed["msg"]
 
 
 def test_depth_between_the_bounds_is_a_warning_that_passes_only_when_allowed(relay):
@@ -210,8 +338,56 @@ def test_check_mode_reads_nothing(relay):
     assert relay.reads == 0
 
 
-def test_bad_bounds_are_refused_before_reading(relay):
-    result = run(port=relay.port, depth_healthy=60, depth_warning=50)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(depth_healthy=60, depth_warning=50), "healthy bound must be at most its warning"),
+        (dict(drops_healthy=-1), "drops_healthy must be 0 or more."),
+        (dict(drop_rate_warning=0), "drop_rate_warning 0 is not a rate"),
+        (dict(drop_rate_warning=1.5), "drop_rate_warning 1.5 is not a rate"),
+        (dict(depth_critical_after=-1), "depth_critical_after must be 0 or more seconds."),
+        (dict(timeout=-1), "timeout and stable_for must be 0 or more, interval more than 0."),
+        (dict(interval=0), "timeout and stable_for must be 0 or more, interval more than 0."),
+        (dict(pid=0), "pid 0 is not a process id (1 or more)."),
+        (dict(port=70000), "port 70000 is not a TCP port (1 to 65535)."),
+    ],
+)
+def test_bad_bounds_are_refused_before_reading(relay, args, message):
+    args.setdefault("port", relay.port)
+    result = run(**args)
     assert result.failed
-    assert "healthy bound must be at most its warning bound" in result["msg"]
+    assert message in result["msg"]
     assert relay.reads == 0
+
+
+@pytest.mark.parametrize(
+    "ports, message",
+    [
+        ("[47101]", "is not a JSON object of shard ids and ports"),
+        ('{"sage-01": "47101"}', "the health port of shard sage-01 in {path} is '47101', not"),
+        ('{"sage-01": 0}', "the health port of shard sage-01 in {path} is 0, not a TCP port"),
+        ("{", "cannot read the health ports of this Mac from {path}"),
+    ],
+)
+def test_a_broken_ports_file_is_a_sentence(tmp_path, ports, message):
+    path = tmp_path / "health-ports.json"
+    path.write_text(ports)
+    result = run(shard_id="sage-01", ports_file=str(path), timeout=0)
+    assert result.failed
+    assert message.format(path=path) in result["msg"]
+
+
+def test_unreadable_relay_configuration_is_named(tmp_path):
+    missing = tmp_path / "config.yml"
+    result = run(config=str(missing), timeout=0)
+    assert result.failed
+    assert result["msg"].startswith(f"cannot read the relay configuration {missing}: ")
+
+
+def test_check_mode_before_the_ports_file_exists_is_not_a_failure(tmp_path):
+    missing = tmp_path / "health-ports.json"
+    result = run(check_mode=True, shard_id="sage-01", ports_file=str(missing))
+    assert not result.failed, result["msg"]
+    assert result["skipped"] is True and result["port"] is None
+    assert result["msg"].startswith("check mode: the health port is not known yet (cannot read")
+    assert run(shard_id="sage-01", ports_file=str(missing), timeout=0).failed

@@ -269,6 +269,20 @@ def test_waiter_stops_at_the_deadline_with_the_last_value():
     assert probes == [100.0, 100.5, 101.0, 101.5, 102.0]
 
 
+def test_waiter_gives_up_early_on_a_hopeless_value():
+    clock = Clock()
+    result = wait_for(
+        iter([1, 2, 3, 4]).__next__,
+        lambda n: n > 10,
+        timeout=60,
+        interval=1,
+        clock=clock,
+        sleep=clock.sleep,
+        hopeless=lambda n: n == 2,
+    )
+    assert result.ready is False and result.value == 2 and result.elapsed == 1
+
+
 def test_waiter_returns_as_soon_as_ready():
     clock = Clock()
     result = wait_for(iter([1, 2, 3]).__next__, lambda n: n == 2, 10, 1, clock, clock.sleep)

@@ -1,0 +1,62 @@
+"""archety.edge.edge_health's judgement of a relay's /health, under ansible-test.
+
+The end-to-end suite, against a real HTTP server on 127.0.0.1, is tests/modules/test_edge_health.py.
+"""
+
+from ansible_collections.archety.edge.plugins.modules import edge_health
+
+
+class Params:
+    def __init__(self, **given):
+        spec = edge_health.argument_spec()
+        self.params = dict((name, option.get("default")) for name, option in spec.items())
+        self.params.update(given)
+
+
+def report(depth=0, drops_recent=0, enqueued=100, dropped=0, **extra):
+    body = {
+        "status": "healthy",
+        "version": "0.2.0",
+        "shard_id": "sage-01",
+        "send_queue": {"depth": depth, "totalEnqueued": enqueued, "totalDropped": dropped},
+        "checks": {"chat_db": {"ok": True, "detail": "readable"}},
+        "drops_recent": drops_recent,
+    }
+    body.update(extra)
+    return body
+
+
+def judge(body, at=0.0, **params):
+    return edge_health.Gate(Params(**params), 47101).judge(body, at)
+
+
+def test_fleet_bounds_by_default():
+    assert judge(report(depth=10))[0] == "healthy"
+    assert judge(report(depth=11))[0] == "warning"
+    assert judge(report(drops_recent=1))[0] == "warning"
+    assert judge(report(drops_recent=5))[0] == "warning"
+    assert judge(report(drops_recent=6))[0] == "critical"
+
+
+def test_each_bound_is_settable():
+    assert judge(report(depth=11), depth_healthy=11)[0] == "healthy"
+    assert judge(report(depth=60), depth_critical_after=0)[0] == "critical"
+    assert judge(report(depth=60), depth_warning=60, depth_critical_after=0)[0] == "warning"
+    assert judge(report(drops_recent=2), drops_healthy=2)[0] == "healthy"
+    assert judge(report(drops_recent=6), drops_warning=6)[0] == "warning"
+
+
+def test_failed_check_is_critical_with_its_detail():
+    body = report(checks={"gui_session": {"ok": False, "detail": "no GUI session for uid 502"}})
+    status, reasons, _ = judge(body)
+    assert status == "critical"
+    assert reasons == ["check gui_session failed: no GUI session for uid 502"]
+
+
+def test_pid_missing_is_hopeless_and_says_the_relay_is_too_old():
+    status, reasons, hopeless = judge(report(), pid=4243)
+    assert (status, hopeless) == ("critical", True)
+    assert reasons == [edge_health.TOO_OLD_FOR_PID]
+    assert "too old to report its pid" in reasons[0]
+    assert judge(report(pid=4243), pid=4243)[:2] == ("healthy", [])
+    assert judge(report(pid=7), pid=4243)[2] is False
