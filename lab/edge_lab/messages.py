@@ -2,9 +2,11 @@
 
 The lab writes rows the way Messages does, so that the relay meets the same
 tables, columns and values as on a Mac: chats with ``any;-;<handle>`` guids
-(style 45 for a direct chat), handles per service, a ``chat_message_join``
-row per message, dates in nanoseconds since 2001-01-01 UTC, and outgoing rows
-that appear unsent (``is_sent`` 0) and are marked sent a moment later.
+(style 45 for a direct chat), group chats with ``any;+;chat<digits>`` guids
+(style 43, their members in ``chat_handle_join``), handles per service, a
+``chat_message_join`` row per message, dates in nanoseconds since 2001-01-01
+UTC, and outgoing rows that appear unsent (``is_sent`` 0) and are marked sent a
+moment later. An outgoing row in a group names no recipient (``handle_id`` 0).
 
 The lab's writers (the launchd stand-in playing Messages.app, the carrier, the
 ``phone`` command) run as root, while the relay reads as the persona's user.
@@ -27,6 +29,7 @@ APPLE_EPOCH_OFFSET = 978307200
 
 SERVICE = "iMessage"
 DIRECT_CHAT_STYLE = 45
+GROUP_CHAT_STYLE = 43
 
 # message.error of a send that failed (what Messages records when the
 # recipient cannot be reached over iMessage).
@@ -157,6 +160,56 @@ def _direct_chat(conn: sqlite3.Connection, handle: str, account_phone: str) -> i
     return chat_id
 
 
+def add_group_chat(
+    chat_db_path,
+    *,
+    members: List[str],
+    account_phone: str,
+    guid: Optional[str] = None,
+    name: Optional[str] = None,
+) -> str:
+    """Create a group chat with ``members`` (the other people); returns its guid.
+
+    Messages names a group ``chat`` and a long number, as the chat's identifier and room
+    name; recent macOS writes its guid ``any;+;chat<digits>``, older releases
+    ``iMessage;+;chat<digits>``: ``guid`` may give either shape.
+    """
+    if len(members) < 2:
+        raise ValueError("a group chat needs at least two other members")
+    guid = guid or f"any;+;chat{uuid.uuid4().int % 10**18:018d}"
+    if ";+;chat" not in guid:
+        raise ValueError(f"group chat guid {guid!r} is not of the form <service>;+;chat<digits>")
+    identifier = guid.split(";+;", 1)[1]
+    conn = connect(chat_db_path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        chat_id = conn.execute(
+            "INSERT INTO chat (guid, style, state, account_id, chat_identifier, service_name, "
+            "room_name, account_login, display_name, group_id) "
+            "VALUES (?, ?, 3, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                guid,
+                GROUP_CHAT_STYLE,
+                _new_guid(),
+                identifier,
+                SERVICE,
+                identifier,
+                f"P:{account_phone}",
+                name or "",
+                _new_guid(),
+            ),
+        ).lastrowid
+        for member in members:
+            conn.execute(
+                "INSERT INTO chat_handle_join (chat_id, handle_id) VALUES (?, ?)",
+                (chat_id, _handle_rowid(conn, member)),
+            )
+        conn.execute("COMMIT")
+        return guid
+    finally:
+        conn.close()
+
+
 def _insert_message(conn: sqlite3.Connection, chat_id: int, values: Dict[str, Any]) -> str:
     guid = _new_guid()
     values = dict(values, guid=guid, service=SERVICE)
@@ -177,18 +230,32 @@ def add_incoming(
     text: Optional[str],
     account_phone: str,
     attributed_body: Optional[bytes] = None,
+    chat_guid: Optional[str] = None,
 ) -> str:
     """Write a message received from ``sender``; returns its guid.
 
     With ``attributed_body`` the text column stays NULL and the body lives in
-    ``attributedBody`` only, as Messages writes many rows on recent macOS.
+    ``attributedBody`` only, as Messages writes many rows on recent macOS. With
+    ``chat_guid`` the message is said in that existing chat (a group the sender
+    is a member of) rather than in the direct chat with the sender.
     """
     if text is None and attributed_body is None:
         raise ValueError("an incoming message needs text or an attributed body")
     conn = connect(chat_db_path)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        chat_id = _direct_chat(conn, sender, account_phone)
+        if chat_guid is None:
+            chat_id = _direct_chat(conn, sender, account_phone)
+        else:
+            row = conn.execute(
+                "SELECT c.ROWID FROM chat c JOIN chat_handle_join j ON j.chat_id = c.ROWID "
+                "JOIN handle h ON h.ROWID = j.handle_id WHERE c.guid = ? AND h.id = ?",
+                (chat_guid, sender),
+            ).fetchone()
+            if row is None:
+                conn.execute("ROLLBACK")
+                raise ChatNotFound(f"{chat_guid} (with {sender} as a member)")
+            chat_id = row[0]
         now = apple_now()
         guid = _insert_message(
             conn,
@@ -236,14 +303,17 @@ def add_outgoing(chat_db_path, *, target: str, mode: str, text: str, account_pho
             chat_id = row[0]
         else:
             chat_id = _direct_chat(conn, target, account_phone)
+        style = conn.execute("SELECT style FROM chat WHERE ROWID = ?", (chat_id,)).fetchone()[0]
         handles = _chat_handle_ids(conn, chat_id)
+        group = style == GROUP_CHAT_STYLE or len(handles) != 1
         guid = _insert_message(
             conn,
             chat_id,
             {
                 "text": text,
-                # A group send has no single recipient: Messages leaves it 0.
-                "handle_id": handles[0] if len(handles) == 1 else 0,
+                # A group send has no single recipient, however few members are left:
+                # Messages leaves it 0.
+                "handle_id": 0 if group else handles[0],
                 "account": f"p:{account_phone}",
                 "destination_caller_id": account_phone,
                 "date": apple_now(),

@@ -87,6 +87,71 @@ def test_incoming_and_outgoing_share_the_direct_chat(chat_db):
     assert [r["text"] for r in messages.incoming_after(chat_db, 0)] == ["hello"]
 
 
+@pytest.mark.parametrize("shape", [None, "iMessage;+;chat123456789012345678"])
+def test_a_group_chat_and_its_messages_as_messages_writes_them(chat_db, shape):
+    members = ["+15551230003", "+15551230002"]
+    group = messages.add_group_chat(chat_db, members=members, account_phone=PHONE, guid=shape)
+    said = messages.add_incoming(
+        chat_db, sender="+15551230003", text="hi all", account_phone=PHONE, chat_guid=group
+    )
+    reply = messages.add_outgoing(
+        chat_db, target=group, mode="chat", text="hello both", account_phone=PHONE
+    )
+
+    assert group == shape or group.startswith("any;+;chat")
+    conn = sqlite3.connect(chat_db)
+    style, identifier, room = conn.execute(
+        "SELECT style, chat_identifier, room_name FROM chat WHERE guid = ?", (group,)
+    ).fetchone()
+    assert style == 43 and identifier == room == group.split(";+;")[1]
+    [(handle_id, joins)] = conn.execute(
+        "SELECT m.handle_id, COUNT(j.chat_id) FROM message m "
+        "JOIN chat_message_join j ON j.message_id = m.ROWID WHERE m.guid = ?",
+        (reply,),
+    ).fetchall()
+    # One row in the group, addressed to nobody in particular.
+    assert (handle_id, joins) == (0, 1)
+    assert messages.message(chat_db, said)["handle"] == "+15551230003"
+    assert messages.message(chat_db, said)["chat_guid"] == group
+    assert messages.chat_handles(chat_db, group) == sorted(members)
+
+
+def test_a_group_keeps_handle_0_for_its_sends_with_one_member_left(chat_db):
+    group = messages.add_group_chat(
+        chat_db, members=["+15551230002", "+15551230003"], account_phone=PHONE
+    )
+    conn = sqlite3.connect(chat_db)
+    with conn:
+        conn.execute(
+            "DELETE FROM chat_handle_join WHERE handle_id = "
+            "(SELECT ROWID FROM handle WHERE id = '+15551230003')"
+        )
+    sent = messages.add_outgoing(
+        chat_db, target=group, mode="chat", text="still a group", account_phone=PHONE
+    )
+    assert messages.message(chat_db, sent)["handle"] is None
+
+
+def test_group_chats_refuse_what_messages_would_not_write(chat_db):
+    with pytest.raises(ValueError, match="at least two"):
+        messages.add_group_chat(chat_db, members=["+15551230002"], account_phone=PHONE)
+    with pytest.raises(ValueError, match="not of the form"):
+        messages.add_group_chat(
+            chat_db,
+            members=["+15551230002", "+15551230003"],
+            account_phone=PHONE,
+            guid="any;-;+15551230002",
+        )
+    group = messages.add_group_chat(
+        chat_db, members=["+15551230002", "+15551230003"], account_phone=PHONE
+    )
+    with pytest.raises(messages.ChatNotFound):
+        messages.add_incoming(
+            chat_db, sender="+15559999999", text="x", account_phone=PHONE, chat_guid=group
+        )
+    assert messages.max_rowid(chat_db) == 0
+
+
 def test_unknown_chat_is_refused_and_writes_nothing(chat_db):
     with pytest.raises(messages.ChatNotFound):
         messages.add_outgoing(
