@@ -481,6 +481,12 @@ def check_event(index: int, event: Any) -> None:
             raise BadRequest(f"{where}: field 'is_from_me' must be true or false")
     if "date" in event:
         _check_date(where, event["date"])
+    participants = event.get("participants")
+    if participants is not None and (
+        not isinstance(participants, list)
+        or not all(isinstance(handle, str) and handle for handle in participants)
+    ):
+        raise BadRequest(f"{where}: field 'participants' must be a list of handles (strings)")
 
     if kind == "reaction":
         _require_text(where, event, "target_guid")

@@ -179,6 +179,35 @@ async def test_a_bad_event_rejects_the_whole_batch(backend, shards, message_even
     assert await backend.poll(token) == []
 
 
+@pytest.mark.parametrize("participants", ["+15550002222", [""], ["+15550002222", 7]])
+async def test_participants_that_are_not_a_list_of_handles_are_refused(
+    backend, shards, message_event, participants
+):
+    token = shards.add("sage-01")
+    bad = dict(message_event("g1"), participants=participants)
+    status, body = await backend.call(
+        "POST", "/edge/inbound", token, {"events": [bad]}, conforming=False
+    )
+    assert status == 400
+    assert "'participants' must be a list of handles" in body["error"]
+    assert shards.query("SELECT guid FROM inbound_events") == []
+
+
+async def test_a_group_message_with_its_participants_gets_a_reply_in_the_group(
+    backend, shards, message_event
+):
+    token = shards.add("sage-01")
+    group = dict(
+        message_event("g1"),
+        chat_guid="any;+;chat123456789",
+        is_group=True,
+        participants=["+15550002222", "+15550003333"],
+    )
+    assert (await backend.inbound(token, [group]))["accepted"] == ["g1"]
+    [command] = await backend.poll(token)
+    assert command["chat_guid"] == "any;+;chat123456789"
+
+
 async def test_logs_carry_neither_text_nor_token(backend, shards, message_event, caplog):
     caplog.set_level(logging.DEBUG, logger="edge_backend")
     token = shards.add("sage-01")

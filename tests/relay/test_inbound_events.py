@@ -184,7 +184,12 @@ def test_group_chats_membership_and_renames(messages: Messages):
     path = messages.path
     alice = messages.handle("+15550002222")
     bob = messages.handle("+15550003333")
+    carol = messages.handle("carol@example.com")
     group = chat(path, "iMessage;+;chat123456789", 43, "chat123456789")
+    for member in (bob, carol, alice):
+        write(
+            path, "INSERT INTO chat_handle_join (chat_id, handle_id) VALUES (?, ?)", (group, member)
+        )
     said = message(path, group, alice, text="hello all", service="iMessage")
     added = message(path, group, alice, item_type=1, group_action_type=0, other_handle=bob)
     removed = message(path, group, alice, item_type=1, group_action_type=1, other_handle=bob)
@@ -195,6 +200,9 @@ def test_group_chats_membership_and_renames(messages: Messages):
 
     assert events[said]["type"] == "message" and events[said]["is_group"] is True
     assert events[said]["handle"] == "+15550002222"
+    # Everyone in the group but this account, so the backend knows who reads its answer.
+    members = ["+15550002222", "+15550003333", "carol@example.com"]
+    assert events[said]["participants"] == members
     assert events[added]["change"] == "member_added"
     assert events[added]["member"] == "+15550003333"
     assert events[removed]["change"] == "member_removed"
@@ -204,8 +212,15 @@ def test_group_chats_membership_and_renames(messages: Messages):
     assert events[renamed]["title"] == "Book club"
     for guid in (added, removed, left, renamed):
         assert events[guid]["type"] == "group_change"
+        assert events[guid]["participants"] == members
         assert events[guid]["chat_guid"] == "iMessage;+;chat123456789"
     assert events[photo] is None  # a new group photo is not part of the contract
+
+
+def test_a_direct_chat_names_the_other_party_as_its_participant(messages: Messages):
+    messages.incoming(HANDLE, text="just us")
+    [event] = [row_event(row) for row in read_all(messages.path)]
+    assert event["participants"] == [HANDLE] and event["is_group"] is False
 
 
 @pytest.mark.parametrize(

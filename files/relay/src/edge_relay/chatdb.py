@@ -248,6 +248,9 @@ class MessageRow:
     date_retracted: int = 0
     summary_info: Optional[bytes] = None
     attachments: List[Dict[str, object]] = field(default_factory=list)
+    chat_rowid: Optional[int] = None
+    # The other people in the chat (chat_handle_join), sorted: in a group, all but this account.
+    participants: List[str] = field(default_factory=list)
 
     @property
     def kind(self) -> Optional[str]:
@@ -297,7 +300,7 @@ def _read_rows(conn: sqlite3.Connection, columns: Set[str], rowids: List[int]) -
                COALESCE({col("item_type", "0")}, 0), COALESCE({col("group_action_type", "0")}, 0),
                {other}, {col("group_title")},
                COALESCE({col("date_edited", "0")}, 0), COALESCE({col("date_retracted", "0")}, 0),
-               {col("message_summary_info")}
+               {col("message_summary_info")}, c.ROWID
           FROM message m
           LEFT JOIN handle h ON h.ROWID = {col("handle_id", "0")}
           {other_join}
@@ -332,9 +335,11 @@ def _read_rows(conn: sqlite3.Connection, columns: Set[str], rowids: List[int]) -
                     date_edited=int(r[17]),
                     date_retracted=int(r[18]),
                     summary_info=r[19],
+                    chat_rowid=r[20],
                 )
             )
     _attach(conn, rows)
+    _participants(conn, rows)
     rows.sort(key=lambda row: row.rowid)
     return rows
 
@@ -373,6 +378,27 @@ def _attach(conn: sqlite3.Connection, rows: List[MessageRow]) -> None:
         )
 
 
+def _participants(conn: sqlite3.Connection, rows: List[MessageRow]) -> None:
+    """Fills in the handles of each row's chat, so a group's members come with its messages."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    chats = sorted({row.chat_rowid for row in rows if row.chat_rowid is not None})
+    if "chat_handle_join" not in tables or not chats:
+        return
+    members: Dict[int, List[str]] = {}
+    sql = """
+        SELECT DISTINCT j.chat_id, h.id
+          FROM chat_handle_join j JOIN handle h ON h.ROWID = j.handle_id
+         WHERE j.chat_id IN ({marks})
+         ORDER BY j.chat_id, h.id"""
+    for start in range(0, len(chats), ROWS_PER_QUERY):
+        chunk = chats[start : start + ROWS_PER_QUERY]
+        for chat_id, handle in conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk):
+            members.setdefault(chat_id, []).append(handle)
+    for row in rows:
+        if row.chat_rowid is not None:
+            row.participants = list(members.get(row.chat_rowid, []))
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -387,6 +413,7 @@ def _common(row: MessageRow, event_type: str, guid: str, date: Optional[int]) ->
         "date": apple_date_to_iso(date) or _now_iso(),
         "is_from_me": row.is_from_me,
         "is_group": row.is_group,
+        "participants": list(row.participants),
         "service": row.service or "unknown",
     }
 
