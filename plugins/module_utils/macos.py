@@ -5,10 +5,24 @@
 Runs on the Mac under macOS's Python 3.9: standard library and Ansible's module_utils only.
 """
 
+import re
 import shlex
 
 # dscl exits with this status, and names eDSRecordNotFound on stderr, for a missing record.
 DSCL_RECORD_NOT_FOUND = 56
+# Foundation's NSLog prefix, which sysadminctl puts on every line it logs to stderr:
+# "2026-12-03 12:00:00.000 sysadminctl[4242:91234] ".
+NSLOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ [^\s\[]+\[\d+:[0-9a-fA-F]+\] ")
+# What macOS's directory tools say when the caller is not root, and what to do then.
+NOT_ROOT_MARKERS = ("eDSPermissionError", "must be run as root", "Operation not permitted")
+HINTS = (
+    (NOT_ROOT_MARKERS, "Run the task as root (become: true)."),
+    (("already in use",), "Give a free uid, or leave uid out and macOS picks one."),
+    (
+        ("eDSRecordAlreadyExists",),
+        "Another user of that name appeared meanwhile: run the task again to judge it.",
+    ),
+)
 
 
 def command_line(argv):
@@ -20,6 +34,37 @@ def output_of(out, err):
     """The most telling text a failed command printed, on one line."""
     text = (err or "").strip() or (out or "").strip() or "no output"
     return " ".join(text.split())
+
+
+def sentence(text):
+    """``text`` ending as a sentence does, for messages that quote a tool's own words."""
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def nslog_messages(text):
+    """The messages of NSLog lines, without their date and process, one per line."""
+    return [
+        NSLOG_PREFIX.sub("", line).strip() for line in (text or "").splitlines() if line.strip()
+    ]
+
+
+def sysadminctl_said(out, err):
+    """What sysadminctl said went wrong: its error lines, or else its last line.
+
+    sysadminctl exits 0 when a step fails and logs the failure among its progress lines,
+    so the error lines are what explains a user that was not made or not deleted.
+    """
+    messages = nslog_messages(err) + nslog_messages(out)
+    errors = [message for message in messages if "error" in message.lower()]
+    return " ".join(errors or messages[-1:]) or "no output"
+
+
+def hint(text):
+    """The advice for a failure macOS's tools describe in ``text``, or an empty string."""
+    for markers, advice in HINTS:
+        if any(marker in text for marker in markers):
+            return " " + advice
+    return ""
 
 
 def parse_dscl_record(text):
@@ -71,10 +116,13 @@ def read_user_record(module, dscl, name):
         return parse_dscl_record(out)
     if rc == DSCL_RECORD_NOT_FOUND or "eDSRecordNotFound" in (err or "") + (out or ""):
         return None
+    said = output_of(out, err)
     module.fail_json(
-        msg=f"dscl could not read the user record /Users/{name} (exit {rc}): "
-        f"{output_of(out, err)}. Check that the module runs as root on a Mac with a working "
-        "directory service."
+        msg=f"dscl could not read the user record /Users/{name} (exit {rc}): {sentence(said)}"
+        + (
+            hint(said)
+            or " Check that the module runs as root on a Mac with a working directory service."
+        )
     )
     return None
 

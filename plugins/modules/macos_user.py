@@ -11,6 +11,8 @@ description:
     System Settings makes it, with a home folder populated from the user template.
   - Reads the user with C(dscl . -read /Users/NAME) and its admin membership with
     C(dseditgroup -o checkmember), compares, and changes only what differs.
+  - Makes the home folder of an existing user whose C(/Users/NAME) is missing (a run stopped
+    between C(sysadminctl) and C(createhomedir)), so running the task again completes the user.
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
 version_added: "1.0.0"
 author:
@@ -48,6 +50,7 @@ options:
     description:
       - Password to create the user with. Passed to C(sysadminctl) on standard input,
         never on a command line. Required to create a user; ignored for an existing user.
+      - C(sysadminctl) reads one line, so a password with a line break is refused.
     type: str
   state:
     description: Whether the user should exist.
@@ -70,8 +73,11 @@ attributes:
     platforms: darwin
 notes:
   - C(sysadminctl) exits 0 on many failures; the module reads the record back with
-    C(dscl) after every create or delete and fails with the error output of
-    C(sysadminctl) when the record is not as expected.
+    C(dscl) after every create or delete and fails with the error lines of
+    C(sysadminctl) when the record is not as expected, with what to do for the failures it
+    knows (not root, a uid already in use).
+  - When C(createhomedir) fails the user exists without its home folder; the failure says
+    so, and the next run makes the folder.
   - The password of an existing user is never compared or changed.
   - The home folder is always C(/Users/NAME); a user whose record points elsewhere is
     reported as it is, not moved.
@@ -123,13 +129,17 @@ commands:
     - dscl . -create /Users/edge_sage_01 IsHidden 1
 """
 
-import re  # noqa: E402  (Ansible keeps the documentation first)
+import os  # noqa: E402  (Ansible keeps the documentation first)
+import re  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.archety.edge.plugins.module_utils.macos import (  # noqa: E402
     command_line,
+    hint,
     output_of,
     read_user_record,
+    sentence,
+    sysadminctl_said,
     user_facts,
 )
 
@@ -148,7 +158,7 @@ class MacUser:
         self.dscl = module.get_bin_path("dscl", required=True)
         self.dseditgroup = module.get_bin_path("dseditgroup", required=True)
 
-    def run(self, argv, what, data=None):
+    def run(self, argv, what, data=None, after_failure=""):
         """Run a changing command, or only record it in check mode."""
         self.commands.append(command_line(argv))
         self.changed = True
@@ -156,8 +166,9 @@ class MacUser:
             return "", ""
         rc, out, err = self.module.run_command(argv, data=data)
         if rc != 0:
+            said = output_of(out, err)
             self.module.fail_json(
-                msg=f"{what} failed (exit {rc}): {output_of(out, err)}",
+                msg=f"{what} failed (exit {rc}): {sentence(said)}{hint(said)}{after_failure}",
                 commands=self.commands,
             )
         return out, err
@@ -177,9 +188,10 @@ class MacUser:
             return True
         if rc == NOT_A_MEMBER:
             return False
+        said = output_of(out, err)
         self.module.fail_json(
             msg=f"dseditgroup could not tell whether {self.name} is a member of admin "
-            f"(exit {rc}): {output_of(out, err)}"
+            f"(exit {rc}): {sentence(said)}{hint(said)}"
         )
         return False
 
@@ -203,7 +215,6 @@ class MacUser:
                 "person logging this user in at the login window will type."
             )
         sysadminctl = self.module.get_bin_path("sysadminctl", required=True)
-        createhomedir = self.module.get_bin_path("createhomedir", required=True)
         home = f"/Users/{self.name}"
         full_name = params["full_name"] or self.name
         argv = [sysadminctl, "-addUser", self.name, "-fullName", full_name]
@@ -213,8 +224,8 @@ class MacUser:
         out, err = self.run(argv, f"sysadminctl -addUser {self.name}", data=params["password"])
 
         if not self.module.check_mode:
-            self.verify_created(err or out)
-        self.run([createhomedir, "-c", "-u", self.name], f"createhomedir for {self.name}")
+            self.verify_created(out, err)
+        self.make_home()
         if params["hidden"]:
             self.set_attribute("IsHidden", "1")
         if params["admin"]:
@@ -233,13 +244,22 @@ class MacUser:
             }
         return self.read()
 
-    def verify_created(self, sysadminctl_output):
+    def make_home(self):
+        createhomedir = self.module.get_bin_path("createhomedir", required=True)
+        self.run(
+            [createhomedir, "-c", "-u", self.name],
+            f"createhomedir for {self.name}",
+            after_failure=f" The user {self.name} exists without its home folder: once the "
+            "cause is fixed, run the task again and it makes the folder.",
+        )
+
+    def verify_created(self, out, err):
         """sysadminctl exits 0 on many failures: believe only the directory record."""
         record = read_user_record(self.module, self.dscl, self.name)
+        said = sysadminctl_said(out, err)
         if record is None:
             self.module.fail_json(
-                msg=f"sysadminctl did not create the user {self.name}: "
-                f"{output_of(sysadminctl_output, '')}",
+                msg=f"sysadminctl did not create the user {self.name}: {said}{hint(said)}",
                 commands=self.commands,
             )
         wanted_uid = self.params["uid"]
@@ -247,7 +267,7 @@ class MacUser:
         if wanted_uid is not None and got["uid"] != wanted_uid:
             self.module.fail_json(
                 msg=f"sysadminctl created {self.name} with uid {got['uid']}, not {wanted_uid}: "
-                f"{output_of(sysadminctl_output, '')}",
+                f"{said}. Remove the user (state=absent) and create it again.",
                 commands=self.commands,
             )
 
@@ -259,6 +279,14 @@ class MacUser:
                 "macOS does not renumber a user in place. Drop uid from the task, or remove "
                 "the user first."
             )
+        if before["home"] != f"/Users/{self.name}":
+            self.module.warn(
+                f"user {self.name} has the home folder {before['home']}, not "
+                f"/Users/{self.name}; it is left as it is."
+            )
+        elif not home_exists(before["home"]):
+            # A run stopped between sysadminctl and createhomedir: finish the user first.
+            self.make_home()
         after = dict(before)
         if params["full_name"] is not None and before["full_name"] != params["full_name"]:
             self.set_attribute("RealName", params["full_name"])
@@ -272,11 +300,6 @@ class MacUser:
         if before["admin"] != params["admin"]:
             self.set_admin(params["admin"])
             after["admin"] = params["admin"]
-        if before["home"] != f"/Users/{self.name}":
-            self.module.warn(
-                f"user {self.name} has the home folder {before['home']}, not "
-                f"/Users/{self.name}; it is left as it is."
-            )
         if self.changed and not self.module.check_mode:
             return self.read()
         return after
@@ -290,10 +313,15 @@ class MacUser:
         if self.module.check_mode:
             return
         if read_user_record(self.module, self.dscl, self.name) is not None:
+            said = sysadminctl_said(out, err)
             self.module.fail_json(
-                msg=f"sysadminctl did not delete the user {self.name}: {output_of(err or out, '')}",
+                msg=f"sysadminctl did not delete the user {self.name}: {said}{hint(said)}",
                 commands=self.commands,
             )
+
+
+def home_exists(path):
+    return os.path.isdir(path)
 
 
 def public(facts):
@@ -331,6 +359,12 @@ def main():
     shell = module.params["shell"]
     if not shell.startswith("/"):
         module.fail_json(msg=f"shell '{shell}' is not an absolute path, e.g. /bin/zsh.")
+    password = module.params["password"]
+    if password and ("\n" in password or "\r" in password):
+        module.fail_json(
+            msg="password holds a line break: sysadminctl reads one line from standard input, "
+            "so the user would get only part of it. Give a password without line breaks."
+        )
 
     user = MacUser(module)
     before = user.read()

@@ -2,8 +2,9 @@
 
 The outputs are those of macOS 14: ``dscl . -read`` prints native attributes with their
 ``dsAttrTypeNative:`` prefix and puts values holding spaces on their own indented line;
-a missing record exits 56 with eDSRecordNotFound on stderr; ``dseditgroup -o checkmember``
-exits 0 or 67; ``sysadminctl`` logs to stderr and exits 0 even when it fails.
+a missing record exits 56 with eDSRecordNotFound on stderr, a refused write 40 with
+eDSPermissionError; ``dseditgroup -o checkmember`` exits 0 or 67; ``sysadminctl`` logs to
+stderr and exits 0 even when it fails (a uid already in use, a caller that is not root).
 """
 
 import os
@@ -28,6 +29,10 @@ class FakeDirectory:
         self.passwords = {}
         self.sysadminctl_refuses = None
         self.next_uid = 502
+        # (rc, stdout, stderr) a command answers instead of doing its work, when set.
+        self.createhomedir_fails = None
+        self.dscl_create_fails = None
+        self.dseditgroup_edit_fails = None
 
     def add(self, name, uid, full_name, shell="/bin/zsh", hidden=False, admin=False, home=None):
         self.users[name] = {
@@ -74,6 +79,10 @@ class FakeDirectory:
         ]
         return "\n".join(lines) + "\n"
 
+    def home_exists(self, path):
+        """Whether the home folder at ``path`` is there, as the module looks on a Mac."""
+        return any(path == f"/Users/{name}" for name in self.homes)
+
     def __call__(self, argv, data=None):
         self.calls.append(argv)
         tool = os.path.basename(argv[0])
@@ -88,6 +97,8 @@ class FakeDirectory:
         if verb == "-read":
             return 0, self.read_output(name), ""
         if verb == "-create":
+            if self.dscl_create_fails:
+                return self.dscl_create_fails
             key, value = args[3], args[4]
             field = {"RealName": "full_name", "UserShell": "shell", "IsHidden": "hidden"}[key]
             self.users[name][field] = value
@@ -102,6 +113,8 @@ class FakeDirectory:
                 return 0, f"yes {name} is a member of admin\n", ""
             return 67, f"no {name} is NOT a member of admin\n", ""
         if args[:2] == ["-o", "edit"]:
+            if self.dseditgroup_edit_fails:
+                return self.dseditgroup_edit_fails
             flag, name = args[2], args[3]
             assert args[4:] == ["-t", "user", "admin"]
             if flag == "-a":
@@ -118,6 +131,11 @@ class FakeDirectory:
             if self.sysadminctl_refuses:
                 return 0, "", sysadminctl_log(self.sysadminctl_refuses)
             uid = int(options.get("-UID", self.next_uid))
+            owner = next((n for n, u in self.users.items() if u["uid"] == uid), None)
+            if owner is not None:
+                log = sysadminctl_log("Creating user record…")
+                log += sysadminctl_log(f"### Error: UID {uid} is already in use by {owner}.")
+                return 0, "", log
             self.next_uid = max(self.next_uid, uid) + 1
             assert options["-password"] == "-"
             self.passwords[name] = data
@@ -145,5 +163,7 @@ class FakeDirectory:
 
     def run_createhomedir(self, args, data):
         assert args[:2] == ["-c", "-u"]
+        if self.createhomedir_fails:
+            return self.createhomedir_fails
         self.homes.add(args[2])
         return 0, f"creating home directories for ({args[2]})\n", ""

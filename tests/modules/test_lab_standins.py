@@ -69,6 +69,8 @@ def lab_mac(monkeypatch):
             os.chmod(wrapper, 0o755)
         monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
         monkeypatch.setenv("EDGE_LAB_ROOT", root)
+        # The module looks for a home folder at /Users/NAME, which is under root here.
+        monkeypatch.setattr(macos_user, "home_exists", lambda path: os.path.isdir(root + path))
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -136,3 +138,79 @@ def test_mac_facts_of_a_fresh_lab_mac(lab_mac):
     assert edge_mac["users"]["edge_sage_09"]["exists"] is False
     assert any("system sleep is on" in w for w in edge_mac["warnings"])
     assert any("autorestart is off" in w for w in edge_mac["warnings"])
+
+
+def as_nobody(*commands):
+    """Make the stand-ins of `commands` run as nobody, as they would without become."""
+    bin_dir = os.environ["PATH"].split(":")[0]
+    for command in commands:
+        wrapper = os.path.join(bin_dir, command)
+        with open(wrapper, "w") as handle:
+            handle.write(
+                f'#!/bin/sh\nPYTHONPATH="{LAB}" exec setpriv --reuid=65534 --regid=65534 '
+                f'--clear-groups "{sys.executable}" -m edge_lab.standins.{TOOLS[command]} "$@"\n'
+            )
+
+
+SHARD = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "lab pass 1"}
+
+
+def test_uid_in_use_on_the_stand_ins_is_named_and_nothing_is_made(lab_mac):
+    result = run(uid=501, **SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "sysadminctl did not create the user edge_sage_01: ### Error: UID 501 is already in use "
+        "by admin. Give a free uid, or leave uid out and macOS picks one."
+    )
+    assert passwd_entry(lab_mac, "edge_sage_01") is None
+    assert not os.path.exists(os.path.join(lab_mac, "Users", "edge_sage_01"))
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+def test_without_root_the_stand_ins_refuse_and_the_module_says_to_become_root(lab_mac):
+    run(**SHARD)
+    as_nobody("sysadminctl", "dscl", "createhomedir", "dseditgroup")
+
+    created = run(name="edge_sage_02", password="lab pass 2")
+    assert created.failed
+    assert created["msg"] == (
+        "sysadminctl did not create the user edge_sage_02: ### Error:-14120 "
+        "(eDSPermissionError): run sysadminctl as root. Run the task as root (become: true)."
+    )
+    assert passwd_entry(lab_mac, "edge_sage_02") is None
+
+    changed = run(**dict(SHARD, hidden=False))
+    assert changed.failed
+    assert changed["msg"].startswith("setting IsHidden of edge_sage_01 failed (exit 40): ")
+    assert "eDSPermissionError" in changed["msg"]
+    assert changed["msg"].endswith("Run the task as root (become: true).")
+
+
+def test_createhomedir_without_the_user_template_then_a_rerun_completes_the_user(lab_mac):
+    template = os.path.join(lab_mac, "System", "Library", "User Template")
+    shutil.rmtree(template)
+
+    result = run(**SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "createhomedir for edge_sage_01 failed (exit 1): createhomedir: the user template "
+        "/System/Library/User Template/English.lproj is missing on this host: restore it, then "
+        "run createhomedir again. The user edge_sage_01 exists without its home folder: once "
+        "the cause is fixed, run the task again and it makes the folder."
+    )
+    assert passwd_entry(lab_mac, "edge_sage_01") is not None
+    home = os.path.join(lab_mac, "Users", "edge_sage_01")
+    assert not os.path.exists(home)
+
+    sys.path.insert(0, LAB)
+    try:
+        from edge_lab.standins import createhomedir
+    finally:
+        sys.path.remove(LAB)
+    createhomedir.install_user_template(pathlib.Path(lab_mac))
+    resumed = run(**SHARD)
+    assert not resumed.failed, resumed["msg"]
+    assert resumed["changed"] is True
+    assert os.path.isdir(os.path.join(home, "Library"))
+    assert resumed["user"]["hidden"] is True
+    assert run(**SHARD)["changed"] is False

@@ -1,7 +1,9 @@
 """archety.edge.macos_user against a Mac's directory tools as they answer on macOS 14."""
 
 import copy
+from unittest import mock
 
+import pytest
 from ansible_collections.archety.edge.plugins.modules import macos_user
 from macos_fakes import FakeDirectory
 from module_support import run_module
@@ -10,7 +12,10 @@ NEW_SHARD = {"name": "edge_sage_01", "full_name": "Edge sage-01", "password": "s
 
 
 def run(directory, check_mode=False, **args):
-    return run_module(macos_user.main, args, directory, check_mode=check_mode, diff=True)
+    # The module looks for a user's home folder on the Mac's disk; here the fake keeps them.
+    homes = getattr(directory, "home_exists", lambda path: True)
+    with mock.patch.object(macos_user, "home_exists", homes):
+        return run_module(macos_user.main, args, directory, check_mode=check_mode, diff=True)
 
 
 def test_creates_hidden_user_with_home_then_rerun_changes_nothing():
@@ -72,8 +77,10 @@ def test_sysadminctl_failure_reported_with_its_stderr_even_though_it_exits_0():
     result = run(mac, **NEW_SHARD)
 
     assert result.failed
-    assert "did not create the user edge_sage_01" in result["msg"]
-    assert "eDSPermissionError" in result["msg"]
+    assert result["msg"] == (
+        "sysadminctl did not create the user edge_sage_01: ### Error:-14120 File:ODRecord.m "
+        "Description:eDSPermissionError Run the task as root (become: true)."
+    )
     assert "edge_sage_01" not in mac.homes
 
 
@@ -205,3 +212,138 @@ def test_home_elsewhere_is_reported_not_moved():
         "user edge_sage_01 has the home folder /Volumes/Data/edge_sage_01, not "
         "/Users/edge_sage_01; it is left as it is."
     ]
+
+
+DS_PERMISSION = (
+    40,
+    "",
+    "<main> attribute status: eDSPermissionError\n"
+    "<dscl_cmd> DS Error: -14120 (eDSPermissionError)\n",
+)
+
+
+def test_uid_already_in_use_is_named_with_what_to_do():
+    mac = FakeDirectory()
+    mac.add("edge_sage_02", 503, "Edge sage-02", hidden=True)
+    result = run(mac, uid=503, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "sysadminctl did not create the user edge_sage_01: ### Error: UID 503 is already in use "
+        "by edge_sage_02. Give a free uid, or leave uid out and macOS picks one."
+    )
+    assert "edge_sage_01" not in mac.users and "edge_sage_01" not in mac.homes
+    assert not any(call[0].endswith("createhomedir") for call in mac.calls)
+
+
+def test_sysadminctl_that_exits_non_zero_is_reported_with_its_words():
+    def runner(argv, data):
+        if argv[0].endswith("sysadminctl"):
+            return 1, "", "Unrecognized option: -shell\nUsage: sysadminctl [options]\n"
+        return mac(argv, data)
+
+    mac = FakeDirectory()
+    result = run(runner, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "sysadminctl -addUser edge_sage_01 failed (exit 1): Unrecognized option: -shell "
+        "Usage: sysadminctl [options]."
+    )
+
+
+def test_sysadminctl_that_picks_another_uid_is_an_error():
+    mac = FakeDirectory()
+
+    def runner(argv, data):
+        if argv[0].endswith("sysadminctl"):
+            argv = [a if a != "510" else "520" for a in argv]
+        return mac(argv, data)
+
+    result = run(runner, uid=510, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"].startswith("sysadminctl created edge_sage_01 with uid 520, not 510: ")
+    assert result["msg"].endswith("Remove the user (state=absent) and create it again.")
+
+
+def test_failed_createhomedir_says_the_user_is_left_without_home_and_a_rerun_makes_it():
+    mac = FakeDirectory()
+    mac.createhomedir_fails = (1, "", "createhomedir: must be run as root\n")
+    result = run(mac, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "createhomedir for edge_sage_01 failed (exit 1): createhomedir: must be run as root. "
+        "Run the task as root (become: true). The user edge_sage_01 exists without its home "
+        "folder: once the cause is fixed, run the task again and it makes the folder."
+    )
+    assert "edge_sage_01" in mac.users and "edge_sage_01" not in mac.homes
+
+    mac.createhomedir_fails = None
+    preview = run(mac, check_mode=True, **NEW_SHARD)
+    assert preview["changed"] is True
+    assert preview["commands"] == [
+        "/usr/sbin/createhomedir -c -u edge_sage_01",
+        "/usr/sbin/dscl . -create /Users/edge_sage_01 IsHidden 1",
+    ]
+    assert "edge_sage_01" not in mac.homes
+
+    resumed = run(mac, **NEW_SHARD)
+    assert resumed["changed"] is True
+    assert resumed["commands"] == preview["commands"]
+    assert "edge_sage_01" in mac.homes
+    assert run(mac, **NEW_SHARD)["changed"] is False
+
+
+def test_refused_dscl_write_says_to_run_as_root_and_stops():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=False)
+    mac.dscl_create_fails = DS_PERMISSION
+    result = run(mac, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "setting IsHidden of edge_sage_01 failed (exit 40): <main> attribute status: "
+        "eDSPermissionError <dscl_cmd> DS Error: -14120 (eDSPermissionError). "
+        "Run the task as root (become: true)."
+    )
+    assert mac.users["edge_sage_01"]["hidden"] is None
+
+
+def test_refused_dscl_read_says_to_run_as_root():
+    def runner(argv, data):
+        return 40, "", "<dscl_cmd> DS Error: -14120 (eDSPermissionError)\n"
+
+    result = run(runner, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "dscl could not read the user record /Users/edge_sage_01 (exit 40): <dscl_cmd> DS "
+        "Error: -14120 (eDSPermissionError). Run the task as root (become: true)."
+    )
+
+
+def test_refused_admin_change_is_explained():
+    mac = FakeDirectory()
+    mac.add("edge_sage_01", 502, "Edge sage-01", hidden=True, admin=True)
+    mac.dseditgroup_edit_fails = (64, "", "Username and password must be provided.\n")
+    result = run(mac, **NEW_SHARD)
+    assert result.failed
+    assert result["msg"] == (
+        "removing edge_sage_01 from group admin failed (exit 64): Username and password must "
+        "be provided."
+    )
+    assert "edge_sage_01" in mac.admins
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(NEW_SHARD, password="first\nsecond"), "password holds a line break"),
+        (dict(NEW_SHARD, uid=0), "uid 0 is out of range: give a positive user id."),
+        (dict(NEW_SHARD, shell="zsh"), "shell 'zsh' is not an absolute path, e.g. /bin/zsh."),
+    ],
+    ids=["password-line-break", "uid-zero", "shell-relative"],
+)
+def test_bad_input_is_refused_before_any_command(args, message):
+    mac = FakeDirectory()
+    result = run(mac, **args)
+    assert result.failed
+    assert message in result["msg"]
+    assert mac.calls == []
+    assert "first" not in repr(result) and "second" not in result["msg"]
