@@ -45,8 +45,8 @@ options:
     default: bootstrapped
   wait_timeout:
     description:
-      - Seconds to wait for the job to be gone after a bootout, and to be running after a
-        bootstrap.
+      - Seconds to wait for the job to be gone after a bootout, for launchd to take the job
+        again right after it let it go, and for the job to be running after a bootstrap.
     type: float
     default: 30
   state_dir:
@@ -70,6 +70,12 @@ notes:
     to do then.
   - C(launchctl kickstart -k) is never used, since it restarts a job without re-reading its
     plist.
+  - launchctl's failures are explained with what to do, by their exit status - 1 (not
+    root), 5 and 37 (the job still loaded or still leaving), 113 (no such job), 119 (the job
+    is disabled), 122 (the plist's owner or mode), 125 (no GUI session) - and their words.
+    A bootout answered with 36 (still in progress) is waited on like any other. Right after
+    its own bootout, a bootstrap refused with 5 or 37 is tried again until O(wait_timeout),
+    since launchd lets go of a label a moment after C(launchctl print) stops showing it.
   - A job found loaded with no recorded SHA-256 (loaded by hand, or by another tool) is
     reloaded once, since the module cannot know which plist it was loaded from.
   - The output of C(launchctl print) is not a stable format; only the C(state), C(pid) and
@@ -130,8 +136,7 @@ commands:
       /Users/edge_sage_01/Library/LaunchAgents/com.archety.edge.relay.sage-01.plist
 """
 
-import contextlib  # noqa: E402  (Ansible keeps the documentation first)
-import hashlib  # noqa: E402
+import hashlib  # noqa: E402  (Ansible keeps the documentation first)
 import os  # noqa: E402
 import plistlib  # noqa: E402
 import pwd  # noqa: E402
@@ -142,15 +147,23 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.archety.edge.plugins.module_utils.macos import (  # noqa: E402
     command_line,
     output_of,
+    sentence,
 )
 from ansible_collections.archety.edge.plugins.module_utils.waiter import wait_for  # noqa: E402
 
 NOT_LOADED = "not loaded"
-# launchctl's exit statuses, which are errno-like codes of launchd.
+# launchctl's exit statuses: errno values, then launchd's own codes (`launchctl error N`).
+NOT_PERMITTED = 1
+NO_SUCH_FILE = 2
 NO_SUCH_PROCESS = 3
 IO_ERROR = 5
+IN_PROGRESS = 36
+ALREADY = 37
 SERVICE_NOT_FOUND = 113
+SERVICE_DISABLED = 119
+BAD_PERMISSIONS = 122
 DOMAIN_UNSUPPORTED = 125
+AS_ROOT = "Run the task as root (become: true): only root acts on another user's gui domain."
 POLL_INTERVAL = 0.25
 PRINT_KEY = re.compile(r"^(\s*)(state|pid|last exit code) = (.*)$")
 
@@ -189,6 +202,7 @@ class LaunchdJob:
         self.launchctl = module.get_bin_path("launchctl", required=True)
         self.commands = []
         self.changed = False
+        self.booted_out = False
         self.record = os.path.join(module.params["state_dir"], f"gui-{uid}", f"{self.label}.sha256")
 
     def no_gui_session(self):
@@ -227,14 +241,18 @@ class LaunchdJob:
 
     def bootout(self):
         rc, out, err = self.change([self.launchctl, "bootout", self.target])
-        # Gone already (a concurrent bootout, or the job exited for good): nothing to undo.
-        if rc not in (0, NO_SUCH_PROCESS, SERVICE_NOT_FOUND):
+        # 36: launchd took the bootout and is still stopping the job, as it often is.
+        # 3, 113: gone already (a concurrent bootout, or the job exited for good).
+        if rc not in (0, IN_PROGRESS, NO_SUCH_PROCESS, SERVICE_NOT_FOUND):
             if rc == DOMAIN_UNSUPPORTED:
                 self.no_gui_session()
+            advice = AS_ROOT if rc == NOT_PERMITTED else "Read the system log for the reason."
             self.module.fail_json(
-                msg=f"launchctl bootout {self.target} failed (exit {rc}): {output_of(out, err)}",
+                msg=f"launchctl bootout {self.target} failed (exit {rc}): "
+                f"{sentence(output_of(out, err))} {advice}",
                 commands=self.commands,
             )
+        self.booted_out = True
         self.forget()
         if self.module.check_mode:
             return
@@ -254,31 +272,20 @@ class LaunchdJob:
             )
 
     def bootstrap(self, plist, digest):
-        rc, out, err = self.change([self.launchctl, "bootstrap", self.domain, plist])
-        if rc != 0:
-            said = output_of(out, err)
-            if rc == DOMAIN_UNSUPPORTED:
-                self.no_gui_session()
-            if "permissions" in said or "ownership" in said:
-                hint = (
-                    f"launchd refused {plist} for its owner or permissions: make it owned by "
-                    "root:wheel (or the user) with mode 0644."
-                )
-            elif rc == IO_ERROR:
-                hint = (
-                    f"{self.label} is already loaded in {self.domain}, or a previous instance "
-                    "is still exiting. Run again once `launchctl print "
-                    f"{self.target}` says it is gone, or use state=restarted."
-                )
-            elif rc == SERVICE_NOT_FOUND:
-                hint = f"launchd found no job in {plist}: check its Label and Program."
-            else:
-                hint = "Read the job's plist and the system log for the reason."
-            self.module.fail_json(
-                msg=f"launchctl bootstrap {self.domain} {plist} failed (exit {rc}): {said}. "
-                + hint,
-                commands=self.commands,
+        argv = [self.launchctl, "bootstrap", self.domain, plist]
+        rc, out, err = self.change(argv)
+        if rc in (IO_ERROR, ALREADY) and self.booted_out and not self.module.check_mode:
+            # launchd lets go of a label a moment after print stops showing it; until then it
+            # refuses the label with 5 or 37. Only a job this run booted out is retried.
+            retried = wait_for(
+                lambda: self.module.run_command(argv),
+                lambda answer: answer[0] not in (IO_ERROR, ALREADY),
+                self.module.params["wait_timeout"],
+                POLL_INTERVAL,
             )
+            rc, out, err = retried.value
+        if rc != 0:
+            self.refused_bootstrap(plist, rc, output_of(out, err))
         self.remember(digest)
         if self.module.check_mode:
             return {"loaded": True, "state": "running", "pid": None, "last_exit_code": None}
@@ -302,6 +309,45 @@ class LaunchdJob:
             )
         return running.value
 
+    def refused_bootstrap(self, plist, rc, said):
+        if rc == DOMAIN_UNSUPPORTED:
+            self.no_gui_session()
+        if rc == BAD_PERMISSIONS or "permissions" in said or "ownership" in said:
+            advice = (
+                f"launchd refused {plist} for its owner or permissions: make it owned by "
+                "root:wheel (or the user) with mode 0644."
+            )
+        elif rc in (IO_ERROR, ALREADY) and self.booted_out:
+            advice = (
+                f"launchd still held {self.label} {self.module.params['wait_timeout']:g} s after "
+                "it was booted out: its process may not exit. Check it with `launchctl print "
+                f"{self.target}`, or raise wait_timeout."
+            )
+        elif rc in (IO_ERROR, ALREADY):
+            advice = (
+                f"{self.label} is already loaded in {self.domain}, or a previous instance "
+                "is still exiting. Run again once `launchctl print "
+                f"{self.target}` says it is gone, or use state=restarted."
+            )
+        elif rc == SERVICE_NOT_FOUND:
+            advice = f"launchd found no job in {plist}: check its Label and Program."
+        elif rc == SERVICE_DISABLED:
+            advice = (
+                f"{self.label} is disabled in {self.domain}: enable it with `launchctl enable "
+                f"{self.target}`, then run again."
+            )
+        elif rc == NOT_PERMITTED:
+            advice = AS_ROOT
+        elif rc == NO_SUCH_FILE:
+            advice = f"{plist} went away after it was checked: write it again, then run again."
+        else:
+            advice = "Read the job's plist and the system log for the reason."
+        self.module.fail_json(
+            msg=f"launchctl bootstrap {self.domain} {plist} failed (exit {rc}): "
+            f"{sentence(said)} {advice}",
+            commands=self.commands,
+        )
+
     def recorded(self):
         try:
             with open(self.record) as handle:
@@ -312,17 +358,31 @@ class LaunchdJob:
     def remember(self, digest):
         if self.module.check_mode:
             return
-        os.makedirs(os.path.dirname(self.record), mode=0o700, exist_ok=True)
         partial = self.record + ".tmp"
-        with open(partial, "w") as handle:
-            handle.write(digest + "\n")
-        os.replace(partial, self.record)
+        try:
+            os.makedirs(os.path.dirname(self.record), mode=0o700, exist_ok=True)
+            with open(partial, "w") as handle:
+                handle.write(digest + "\n")
+            os.replace(partial, self.record)
+        except OSError as err:
+            self.unrecorded(err, "the job runs, but the next run will reload it once")
 
     def forget(self):
         if self.module.check_mode:
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.record)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            self.unrecorded(err, "the next run may judge the job by a plist it no longer runs")
+
+    def unrecorded(self, err, consequence):
+        self.module.fail_json(
+            msg=f"cannot keep the plist's SHA-256 in {self.record} ({err.strerror}): "
+            f"{consequence}. Give a state_dir that root can write.",
+            commands=self.commands,
+        )
 
 
 def check_plist(module, path, label):
@@ -400,14 +460,22 @@ def main():
         if module.check_mode and not os.path.exists(params["plist"]):
             # A dry run of a play that writes the plist first: the file is not there to judge,
             # but the job would be (re)loaded from it.
+            before = job.probe()
+            if before["loaded"]:
+                job.change([job.launchctl, "bootout", job.target])
+            job.change([job.launchctl, "bootstrap", job.domain, params["plist"]])
             module.exit_json(
                 changed=True,
                 domain=job.domain,
                 label=params["label"],
-                state=None,
+                state="running",
                 pid=None,
                 plist_sha256=None,
-                commands=[["launchctl", "bootstrap", job.domain, params["plist"]]],
+                commands=job.commands,
+                diff=dict(
+                    before={"loaded": before["loaded"], "plist_sha256": job.recorded()},
+                    after={"loaded": True, "plist_sha256": None},
+                ),
                 msg=f"plist {params['plist']} does not exist yet; it would be bootstrapped "
                 "once written.",
             )

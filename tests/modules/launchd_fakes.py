@@ -1,10 +1,11 @@
 """launchd as launchctl and plutil show it on macOS 14, for module tests.
 
 What the double keeps from the real launchd: ``bootout`` returns before the job is gone
-(the job stays visible to ``print`` for a few more probes, and ``bootstrap`` meanwhile fails
-with 5: Input/output error); a job is ``spawn scheduled`` before it is ``running``; a
-``gui/<uid>`` domain exists only for users with a GUI login session; a job that exits at
-once is ``not running`` with its last exit code.
+(the job stays visible to ``print`` for a few more probes, and ``bootstrap`` meanwhile
+fails with 5: Input/output error, or refuses the label with 5 or 37 a moment longer);
+a job is ``spawn scheduled`` before it is ``running``; a ``gui/<uid>`` domain exists only
+for users with a GUI login session; a job that exits at once is ``not running`` with its
+last exit code.
 """
 
 import os
@@ -64,6 +65,13 @@ class FakeLaunchd:
         self.spawn_probes = 1
         self.crash_with = None
         self.refuse_bootstrap = None
+        # Answers (rc, stdout, stderr) bootstrap gives, one per call, before it works again:
+        # launchd refusing a label it has not let go of yet.
+        self.bootstrap_refusals = []
+        self.refuse_bootout = None
+        self.refuse_print = None
+        # macOS 10.15 and later may answer a bootout it took with 36 while the job stops.
+        self.bootout_in_progress = False
         self.next_pid = 4242
 
     def loaded(self, uid, label, plist, state="running"):
@@ -103,6 +111,8 @@ class FakeLaunchd:
         return int(uid), label
 
     def run_print(self, args):
+        if self.refuse_print:
+            return self.refuse_print
         uid, label = self.split(args[0])
         if uid not in self.gui_uids:
             return 113, "", f"Bad request.\nCould not find domain for user gui: {uid}\n"
@@ -138,6 +148,8 @@ class FakeLaunchd:
         )
 
     def run_bootout(self, args):
+        if self.refuse_bootout:
+            return self.refuse_bootout
         uid, label = self.split(args[0])
         if uid not in self.gui_uids:
             return 125, "", "Boot-out failed: 125: Domain does not support specified action\n"
@@ -145,6 +157,8 @@ class FakeLaunchd:
         if job is None or job["leaving"] is not None:
             return 113, "", "Boot-out failed: 113: Could not find specified service\n"
         job["leaving"] = self.exit_probes
+        if self.bootout_in_progress:
+            return 36, "", "Boot-out failed: 36: Operation now in progress\n"
         return 0, "", ""
 
     def run_bootstrap(self, args):
@@ -154,6 +168,8 @@ class FakeLaunchd:
             return 125, "", "Bootstrap failed: 125: Domain does not support specified action\n"
         if self.refuse_bootstrap:
             return self.refuse_bootstrap
+        if self.bootstrap_refusals:
+            return self.bootstrap_refusals.pop(0)
         with open(plist, "rb") as handle:
             label = plistlib.load(handle)["Label"]
         if (uid, label) in self.jobs:

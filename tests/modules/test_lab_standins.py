@@ -1,14 +1,19 @@
-"""archety.edge.macos_user and mac_facts against the lab's stand-ins for macOS's commands:
-real processes reading and writing a simulated Mac's files under a temporary root."""
+"""archety.edge.macos_user, mac_facts and launchd_job against the lab's stand-ins for macOS's
+commands: real processes reading and writing a simulated Mac's files under a temporary root,
+and the lab's launchd really supervising the jobs."""
 
 import os
 import pathlib
+import plistlib
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
-from ansible_collections.archety.edge.plugins.modules import mac_facts, macos_user
+from ansible_collections.archety.edge.plugins.modules import launchd_job, mac_facts, macos_user
 from module_support import REPO_ROOT, run_module
 
 LAB = os.path.join(REPO_ROOT, "lab")
@@ -23,6 +28,7 @@ TOOLS = {
     "fdesetup": "fdesetup",
     "xcode-select": "xcode_select",
     "launchctl": "launchctl",
+    "plutil": "plutil",
 }
 pytestmark = pytest.mark.skipif(
     not all(os.path.exists(os.path.join(STANDINS, m + ".py")) for m in TOOLS.values()),
@@ -214,3 +220,146 @@ def test_createhomedir_without_the_user_template_then_a_rerun_completes_the_user
     assert os.path.isdir(os.path.join(home, "Library"))
     assert resumed["user"]["hidden"] is True
     assert run(**SHARD)["changed"] is False
+
+
+SHARD_UID = 60123
+LABEL = "com.archety.edge.relay.sage-01"
+
+
+class LabLaunchd:
+    """The lab's launchd on a temporary host root, with launchctl and plutil on PATH."""
+
+    def __init__(self, root, bin_dir):
+        self.root = pathlib.Path(root)
+        self.socket = self.root / "launchd.sock"
+        self.agents = self.root / "Users/edge_sage_01/Library/LaunchAgents"
+        self.agents.mkdir(parents=True)
+        (self.root / "etc").mkdir()
+        (self.root / "etc/passwd").write_text(
+            "root:x:0:0:System Administrator:/var/root:/bin/sh\n"
+            f"edge_sage_01:x:{SHARD_UID}:20:Edge sage-01:/Users/edge_sage_01:/bin/sh\n"
+        )
+        (self.root / "etc/group").write_text("wheel:x:0:root\nstaff:x:20:root\n")
+        self.env = dict(
+            os.environ,
+            EDGE_LAB_ROOT=str(self.root),
+            EDGE_LAB_LAUNCHD_SOCKET=str(self.socket),
+            PYTHONPATH=LAB,
+        )
+        for command in ("launchctl", "plutil"):
+            wrapper = os.path.join(bin_dir, command)
+            with open(wrapper, "w") as handle:
+                handle.write(
+                    f'#!/bin/sh\nexport EDGE_LAB_ROOT="{self.root}" PYTHONPATH="{LAB}"\n'
+                    f'export EDGE_LAB_LAUNCHD_SOCKET="{self.socket}"\n'
+                    f'exec "{sys.executable}" -m edge_lab.standins.{command} "$@"\n'
+                )
+            os.chmod(wrapper, 0o755)
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge_lab.launchd", "--socket", str(self.socket)],
+            env=self.env,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            assert time.monotonic() < deadline, "the lab's launchd did not start within 10 s"
+            time.sleep(0.05)
+
+    def request(self, op, **args):
+        sys.path.insert(0, LAB)
+        try:
+            from edge_lab import launchd
+        finally:
+            sys.path.remove(LAB)
+        return launchd.request(self.socket, op, **args)
+
+    def plist(self, arguments, owner=0, **keys):
+        path = self.agents / f"{LABEL}.plist"
+        with open(path, "wb") as handle:
+            plistlib.dump({"Label": LABEL, "ProgramArguments": arguments, **keys}, handle)
+        os.chown(path, owner, 0)
+        os.chmod(path, 0o644)
+        return str(path)
+
+    def stop(self):
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            self.daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait()
+
+
+@pytest.fixture
+def lab_launchd(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("the lab's launchd starts jobs as other users: run as root")
+    root = tempfile.mkdtemp(prefix="edge-modules-launchd-", dir="/tmp")
+    os.chmod(root, 0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    lab = LabLaunchd(root, str(bin_dir))
+    lab.state_dir = str(tmp_path / "state")
+    try:
+        yield lab
+    finally:
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def job(lab, check_mode=False, **args):
+    args = dict({"label": LABEL, "uid": SHARD_UID, "state_dir": lab.state_dir}, **args)
+    return run_module(launchd_job.main, args, None, check_mode=check_mode, diff=True)
+
+
+def test_relay_job_on_the_lab_launchd_from_no_session_to_booted_out(lab_launchd):
+    plist = lab_launchd.plist(["/bin/sleep", "60"], KeepAlive=True)
+
+    refused = job(lab_launchd, plist=plist, wait_timeout=5)
+    assert refused.failed
+    assert refused["msg"] == (
+        f"gui/{SHARD_UID} does not exist: the user with uid {SHARD_UID} has no GUI login "
+        f"session on this Mac. Log the user with uid {SHARD_UID} in at the login window (fast "
+        "user switching keeps it logged in), then run again."
+    )
+
+    lab_launchd.request("gui_login", uid=SHARD_UID)
+    started = job(lab_launchd, plist=plist, wait_timeout=5)
+    assert not started.failed, started["msg"]
+    assert started["changed"] is True and started["state"] == "running" and started["pid"]
+    assert job(lab_launchd, plist=plist, wait_timeout=5)["changed"] is False
+
+    plist = lab_launchd.plist(["/bin/sleep", "61"], KeepAlive=True)
+    reloaded = job(lab_launchd, plist=plist, wait_timeout=10)
+    assert not reloaded.failed, reloaded["msg"]
+    assert reloaded["changed"] is True and reloaded["pid"] != started["pid"]
+
+    gone = job(lab_launchd, state="booted_out", wait_timeout=10)
+    assert not gone.failed, gone["msg"]
+    assert gone["changed"] is True and gone["state"] == "not loaded"
+    assert job(lab_launchd, state="booted_out")["changed"] is False
+
+
+def test_plist_owned_by_another_user_is_refused_by_the_lab_launchd(lab_launchd):
+    lab_launchd.request("gui_login", uid=SHARD_UID)
+    plist = lab_launchd.plist(["/bin/sleep", "60"], owner=65534, KeepAlive=True)
+    result = job(lab_launchd, plist=plist, wait_timeout=5)
+    assert result.failed
+    assert result["msg"] == (
+        f"launchctl bootstrap gui/{SHARD_UID} {plist} failed (exit 122): {plist}: Path had bad "
+        "ownership/permissions Bootstrap failed: 122: Path had bad ownership/permissions. "
+        f"launchd refused {plist} for its owner or permissions: make it owned by root:wheel "
+        "(or the user) with mode 0644."
+    )
+
+
+def test_job_that_exits_at_once_reports_its_exit_code_from_the_lab_launchd(lab_launchd):
+    lab_launchd.request("gui_login", uid=SHARD_UID)
+    plist = lab_launchd.plist(["/bin/sh", "-c", "exit 3"], KeepAlive=True, ThrottleInterval=10)
+    result = job(lab_launchd, plist=plist, wait_timeout=1.5)
+    assert result.failed
+    assert result["msg"].startswith(
+        f"gui/{SHARD_UID}/{LABEL} did not reach state running within 1.5 s (state = "
+    )
+    assert "last exit code = 3)" in result["msg"]

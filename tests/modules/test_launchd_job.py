@@ -313,3 +313,241 @@ def test_booted_out_without_a_gui_session_has_nothing_to_do(tmp_path):
     assert not result.failed, result.get("msg")
     assert result["changed"] is False
     assert result["state"] == "not loaded"
+
+
+IO_ERROR = (5, "", "Bootstrap failed: 5: Input/output error\n")
+ALREADY = (37, "", "Bootstrap failed: 37: Operation already in progress\n")
+
+
+@pytest.mark.parametrize("refusal", [IO_ERROR, ALREADY], ids=["5", "37"])
+def test_bootstrap_right_after_its_own_bootout_is_tried_again(plist, tmp_path, refusal):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    launchd.bootstrap_refusals = [refusal, refusal]
+    launchd.calls.clear()
+
+    result = run(launchd, tmp_path, state="restarted", plist=str(plist))
+
+    assert not result.failed, result["msg"]
+    assert result["state"] == "running"
+    assert [c[0] for c in changing(launchd)] == ["bootout"] + ["bootstrap"] * 3
+    assert result["commands"] == [
+        f"/usr/sbin/launchctl bootout {TARGET}",
+        f"/usr/sbin/launchctl bootstrap gui/502 {plist}",
+    ]
+
+
+def test_label_launchd_never_lets_go_after_bootout_fails_within_the_wait(plist, tmp_path):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    launchd.bootstrap_refusals = [ALREADY] * 1000
+
+    result = run(launchd, tmp_path, state="restarted", plist=str(plist), wait_timeout=0.6)
+
+    assert result.failed
+    assert result["msg"] == (
+        f"launchctl bootstrap gui/502 {plist} failed (exit 37): Bootstrap failed: 37: Operation "
+        f"already in progress. launchd still held {LABEL} 0.6 s after it was booted out: its "
+        f"process may not exit. Check it with `launchctl print {TARGET}`, or raise wait_timeout."
+    )
+
+
+def test_bootstrap_37_without_a_bootout_is_not_retried(plist, tmp_path):
+    launchd = FakeLaunchd()
+    launchd.bootstrap_refusals = [ALREADY, ALREADY]
+    result = run(launchd, tmp_path, plist=str(plist))
+    assert result.failed
+    assert (
+        "failed (exit 37): Bootstrap failed: 37: Operation already in progress." in (result["msg"])
+    )
+    assert (
+        "is already loaded in gui/502, or a previous instance is still exiting" in (result["msg"])
+    )
+    assert len([c for c in changing(launchd) if c[0] == "bootstrap"]) == 1
+
+
+@pytest.mark.parametrize(
+    "answer, advice",
+    [
+        (
+            (119, "", "Bootstrap failed: 119: Service is disabled\n"),
+            f"{LABEL} is disabled in gui/502: enable it with `launchctl enable {TARGET}`, then "
+            "run again.",
+        ),
+        (
+            (122, "", "Bootstrap failed: 122: Path had bad ownership/permissions\n"),
+            "launchd refused {plist} for its owner or permissions: make it owned by root:wheel "
+            "(or the user) with mode 0644.",
+        ),
+        (
+            (1, "", "Bootstrap failed: 1: Operation not permitted\n"),
+            "Run the task as root (become: true): only root acts on another user's gui domain.",
+        ),
+        (
+            (2, "", "Bootstrap failed: 2: No such file or directory\n"),
+            "{plist} went away after it was checked: write it again, then run again.",
+        ),
+        (
+            (113, "", "Bootstrap failed: 113: Could not find specified service\n"),
+            "launchd found no job in {plist}: check its Label and Program.",
+        ),
+        (
+            (78, "", "Bootstrap failed: 78: Function not implemented\n"),
+            "Read the job's plist and the system log for the reason.",
+        ),
+    ],
+    ids=["119-disabled", "122-permissions", "1-not-root", "2-gone", "113-no-job", "other"],
+)
+def test_each_bootstrap_failure_says_what_to_do(plist, tmp_path, answer, advice):
+    launchd = FakeLaunchd()
+    launchd.refuse_bootstrap = answer
+    result = run(launchd, tmp_path, plist=str(plist))
+    assert result.failed
+    said = answer[2].strip()
+    assert result["msg"] == (
+        f"launchctl bootstrap gui/502 {plist} failed (exit {answer[0]}): {said}. "
+        + advice.format(plist=plist)
+    )
+    assert result["commands"] == [f"/usr/sbin/launchctl bootstrap gui/502 {plist}"]
+    assert not (tmp_path / "state" / "gui-502" / (LABEL + ".sha256")).exists()
+
+
+def test_bootout_answered_36_is_waited_on_like_any_other(plist, tmp_path):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    launchd.bootout_in_progress = True
+    result = run(launchd, tmp_path, state="booted_out")
+    assert not result.failed, result["msg"]
+    assert result["changed"] is True and result["state"] == "not loaded"
+    assert (502, LABEL) not in launchd.jobs
+
+
+@pytest.mark.parametrize(
+    "answer, ending",
+    [
+        (
+            (1, "", "Boot-out failed: 1: Operation not permitted\n"),
+            "Run the task as root (become: true): only root acts on another user's gui domain.",
+        ),
+        (
+            (5, "", "Boot-out failed: 5: Input/output error\n"),
+            "Read the system log for the reason.",
+        ),
+    ],
+    ids=["1-not-root", "5"],
+)
+def test_bootout_failure_is_explained_and_the_record_kept(plist, tmp_path, answer, ending):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    launchd.refuse_bootout = answer
+    result = run(launchd, tmp_path, state="booted_out")
+    assert result.failed
+    assert result["msg"] == (
+        f"launchctl bootout {TARGET} failed (exit {answer[0]}): {answer[2].strip()}. {ending}"
+    )
+    assert (tmp_path / "state" / "gui-502" / (LABEL + ".sha256")).exists()
+
+
+def test_bootout_125_after_the_user_logged_out_says_to_log_in(plist, tmp_path):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    launchd.refuse_bootout = (
+        125,
+        "",
+        "Boot-out failed: 125: Domain does not support specified action\n",
+    )
+    result = run(launchd, tmp_path, state="restarted", plist=str(plist))
+    assert result.failed
+    assert result["msg"].startswith("gui/502 does not exist: the user with uid 502 has no GUI")
+
+
+def test_print_failure_other_than_not_found_is_reported(plist, tmp_path):
+    launchd = FakeLaunchd()
+    launchd.refuse_print = (64, "", "Unrecognized target specifier.\n")
+    result = run(launchd, tmp_path, plist=str(plist))
+    assert result.failed
+    assert result["msg"] == (
+        f"launchctl print {TARGET} failed (exit 64): Unrecognized target specifier."
+    )
+
+
+def test_state_dir_that_cannot_be_written_is_a_sentence(plist, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    launchd = FakeLaunchd()
+    result = run(launchd, tmp_path, plist=str(plist), state_dir=str(blocker))
+    assert result.failed
+    assert result["msg"].startswith(
+        f"cannot keep the plist's SHA-256 in {blocker}/gui-502/{LABEL}.sha256 ("
+    )
+    assert result["msg"].endswith(
+        "): the job runs, but the next run will reload it once. Give a state_dir that root "
+        "can write."
+    )
+
+
+def test_record_that_cannot_be_removed_is_a_sentence(plist, tmp_path):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+    record = tmp_path / "state" / "gui-502" / (LABEL + ".sha256")
+    record.unlink()
+    record.mkdir()
+    result = run(launchd, tmp_path, state="booted_out")
+    assert result.failed
+    assert "the next run may judge the job by a plist it no longer runs" in result["msg"]
+
+
+def test_check_mode_before_the_plist_is_written_lists_the_commands(tmp_path):
+    missing = tmp_path / (LABEL + ".plist")
+    launchd = FakeLaunchd()
+    result = run(launchd, tmp_path, check_mode=True, plist=str(missing))
+    assert not result.failed, result["msg"]
+    assert result["changed"] is True
+    assert result["commands"] == [f"/usr/sbin/launchctl bootstrap gui/502 {missing}"]
+    assert result["diff"]["before"] == {"loaded": False, "plist_sha256": None}
+    assert result["state"] == "running" and result["pid"] is None
+
+    launchd.loaded(502, LABEL, "/elsewhere.plist")
+    reload = run(launchd, tmp_path, check_mode=True, plist=str(missing))
+    assert reload["commands"] == [
+        f"/usr/sbin/launchctl bootout {TARGET}",
+        f"/usr/sbin/launchctl bootstrap gui/502 {missing}",
+    ]
+    assert changing(launchd) == []
+
+
+def test_missing_plist_outside_check_mode_is_refused(tmp_path):
+    missing = tmp_path / "gone.plist"
+    launchd = FakeLaunchd()
+    result = run(launchd, tmp_path, plist=str(missing))
+    assert result.failed
+    assert result["msg"] == (
+        f"plist {missing} cannot be read: No such file or directory. Write it first."
+    )
+    assert launchd.calls == []
+
+
+def test_plist_plutil_accepts_but_python_cannot_read_is_refused(tmp_path):
+    odd = tmp_path / "odd.plist"
+    odd.write_text("not a property list at all")
+    os.chmod(odd, 0o644)
+
+    def lenient(argv, data):
+        return 0, f"{odd}: OK\n", ""
+
+    result = run(lenient, tmp_path, plist=str(odd))
+    assert result.failed
+    assert result["msg"].startswith(f"plist {odd} could not be read as a property list: ")
+
+
+def test_wait_timeout_must_be_positive(plist, tmp_path):
+    result = run(FakeLaunchd(), tmp_path, plist=str(plist), wait_timeout=0)
+    assert result.failed
+    assert result["msg"] == "wait_timeout must be more than 0 seconds."
+
+
+def test_restarted_job_that_was_not_loaded_is_only_bootstrapped(plist, tmp_path):
+    launchd = FakeLaunchd()
+    result = run(launchd, tmp_path, state="restarted", plist=str(plist))
+    assert result["changed"] is True
+    assert changing(launchd) == [["bootstrap", "gui/502", str(plist)]]
