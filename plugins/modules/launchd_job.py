@@ -16,7 +16,7 @@ description:
   - Waits until the job is running with a pid, and reports the job's last exit code when
     it does not get there.
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 options:

@@ -11,7 +11,7 @@ description:
     whether the relays hold the Full Disk Access and Automation (Messages) grants.
   - Sets C(ansible_facts.edge_mac). Changes nothing, also in check mode.
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 options:
@@ -96,8 +96,10 @@ from urllib.parse import quote  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.archety.edge.plugins.module_utils.macos import (  # noqa: E402
+    hint,
     output_of,
     read_user_record,
+    sentence,
     user_facts,
 )
 
@@ -121,7 +123,8 @@ class MacFacts:
         return self.module.run_command([path] + list(args))
 
     def fail(self, what, rc, out, err):
-        self.module.fail_json(msg=f"{what} failed (exit {rc}): {output_of(out, err)}")
+        said = output_of(out, err)
+        self.module.fail_json(msg=f"{what} failed (exit {rc}): {sentence(said)}{hint(said)}")
 
     def macos(self):
         rc, out, err = self.command("sw_vers")

@@ -14,7 +14,7 @@ description:
   - Makes the home folder of an existing user whose C(/Users/NAME) is missing (a run stopped
     between C(sysadminctl) and C(createhomedir)), so running the task again completes the user.
   - Runs on the Mac as root, under macOS's Python 3.9 or newer.
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 options:

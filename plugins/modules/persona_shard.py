@@ -15,7 +15,7 @@ description:
     C(provisioning); C(provisioning) -> C(active), C(retiring) or C(disabled); C(active) ->
     C(retiring) or C(disabled); C(retiring) -> C(active) or C(disabled); C(disabled) ->
     C(provisioning). Any row can be removed with O(state=absent).
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 extends_documentation_fragment:

@@ -10,7 +10,7 @@ description:
     ordered by shard id, without their token hashes. Changes nothing.
   - With O(persona), also returns RV(assignment), the shard the backend would give a new user
     of that persona now.
-version_added: "1.0.0"
+version_added: "0.1.0"
 author:
   - Archety edge team (@archety)
 extends_documentation_fragment:

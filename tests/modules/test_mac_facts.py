@@ -191,4 +191,49 @@ def test_failing_command_is_a_sentence(mac):
 
     result = run_module(mac_facts.main, {}, runner)
     assert result.failed
-    assert result["msg"] == "pmset -g failed (exit 1): pmset: Unable to get power settings"
+    assert result["msg"] == "pmset -g failed (exit 1): pmset: Unable to get power settings."
+
+
+def failing(mac, name, answer):
+    def runner(argv, data):
+        if command_name(argv) == name:
+            return answer
+        return mac(argv, data)
+
+    return runner
+
+
+def test_fdesetup_refused_without_root_says_to_become_root(mac):
+    runner = failing(mac, "fdesetup", (1, "", "Error: This command must be run as root.\n"))
+    result = run_module(mac_facts.main, {}, runner)
+    assert result.failed
+    assert result["msg"] == (
+        "fdesetup status failed (exit 1): Error: This command must be run as root. "
+        "Run the task as root (become: true)."
+    )
+
+
+def test_sw_vers_failure_and_missing_version_are_sentences(mac):
+    failed = run_module(mac_facts.main, {}, failing(mac, "sw_vers", (1, "", "sw_vers: error\n")))
+    assert failed["msg"] == "sw_vers failed (exit 1): sw_vers: error."
+    odd = failing(mac, "sw_vers", (0, "ProductName:\tmacOS\nno version here\n", ""))
+    result = run_module(mac_facts.main, {}, odd)
+    assert result.failed
+    assert result["msg"] == "sw_vers printed no ProductVersion: ProductName: macOS no version here"
+
+
+def test_power_settings_pmset_does_not_print_are_null(mac):
+    bare = failing(mac, "pmset", (0, "System-wide power settings:\nCurrently in use:\n", ""))
+    result = run_module(mac_facts.main, {}, bare)
+    assert result["ansible_facts"]["edge_mac"]["pmset"] == {"sleep": None, "autorestart": None}
+    assert not any("sleep" in w for w in result["ansible_facts"]["edge_mac"]["warnings"])
+
+
+def test_messages_folder_that_cannot_be_looked_into_is_unknown_with_a_warning(mac):
+    os.makedirs(mac.home / "Library")
+    (mac.home / "Library/Messages").write_text("a file where a folder should be")
+    result = facts(mac, users=["edge_sage_01"])
+    edge_mac = result["ansible_facts"]["edge_mac"]
+    assert edge_mac["users"]["edge_sage_01"]["messages_db"] is None
+    chat_db = mac.home / "Library/Messages/chat.db"
+    assert f"whether {chat_db} exists is unknown: Not a directory." in edge_mac["warnings"]
