@@ -5,7 +5,7 @@ import os
 import sys
 
 from . import hosts, humans, lab
-from .layout import LabError, host_by_name, lab_dir
+from .layout import BadInput, LabError, host_by_name, lab_dir
 
 ENVIRONMENT = """environment (defaults suit one lab per machine; tests set them to run beside it):
   EDGE_LAB_DIR            the lab's files (default: .lab at the repository root)
@@ -69,6 +69,31 @@ def _parser():
     send.add_argument("--from", dest="sender", required=True, help="the sender's handle")
     send.add_argument("--attributed-body", help="file with a typedstream attributedBody")
     send.add_argument("text")
+    replay = phone_commands.add_parser(
+        "replay",
+        help="deliver the message rows of another chat.db as new arrivals",
+        description="Copy the message rows of a Messages chat.db (a copy from a Mac, any macOS "
+        "release) into the lab account's chat.db as new rows, with their chats, handles and "
+        "attachments; guids and dates are kept. Attachment files are looked for beside "
+        "SOURCE_DB (Attachments/...). Exit status 2: bad input, nothing written.",
+    )
+    replay.add_argument(
+        "--to", required=True, metavar="PHONE", help="the lab account's phone number"
+    )
+    replay.add_argument("--limit", type=int, metavar="N", help="copy at most N rows, oldest first")
+    replay.add_argument(
+        "--since-rowid",
+        type=int,
+        default=0,
+        metavar="R",
+        help="copy only the source's rows with a ROWID above R (default 0: from the first)",
+    )
+    replay.add_argument(
+        "--now",
+        action="store_true",
+        help="date the rows at the replay rather than keeping their own dates",
+    )
+    replay.add_argument("source_db", metavar="SOURCE_DB", help="the chat.db to copy rows from")
     return parser
 
 
@@ -113,6 +138,10 @@ def _run(args):
             humans.automation(args.command, args.host, args.user)
     elif args.command == "clt":
         humans.clt(args.action, args.host)
+    elif args.command == "phone" and args.phone_command == "replay":
+        humans.phone_replay(
+            args.to, args.source_db, limit=args.limit, since_rowid=args.since_rowid, now=args.now
+        )
     elif args.command == "phone":
         humans.phone_send(args.to, args.sender, args.text, args.attributed_body)
     return 0
@@ -122,6 +151,9 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except BadInput as error:
+        print(f"edge-lab: {error}", file=sys.stderr)
+        return 2
     except LabError as error:
         print(f"edge-lab: {error}", file=sys.stderr)
         return 1

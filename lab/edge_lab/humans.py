@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from . import hosts, hoststate, tcc
-from .layout import LabError, host_by_name, known_hosts
+from .layout import BadInput, LabError, host_by_name, known_hosts
 
 PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
 STAFF_GID = 20
@@ -199,6 +199,20 @@ def clt(action, host_name):
 # ---------------------------------------------------------------- the phone network
 
 
+def _signed_in(phone):
+    """The lab account signed in to iMessage as ``phone``: (host, short name, chat.db), or None."""
+    for host in known_hosts():
+        for short_name, number in hoststate.load(host.dir)["imessage"].items():
+            if number == phone:
+                _, _, home = _user(host, short_name)
+                return host, short_name, home / "Library/Messages/chat.db"
+    return None
+
+
+def _nobody_signed_in(phone):
+    return f"no lab account is signed in to iMessage as {phone}; run edge-lab imessage signin first"
+
+
 def phone_send(to, sender, text, attributed_body_file=None):
     _phone(to)
     _handle(sender)
@@ -208,20 +222,46 @@ def phone_send(to, sender, text, attributed_body_file=None):
         if not path.is_file():
             raise LabError(f"attributed body file '{path}' does not exist")
         body = path.read_bytes()
-    for host in known_hosts():
-        for short_name, number in hoststate.load(host.dir)["imessage"].items():
-            if number == to:
-                _, _, home = _user(host, short_name)
-                messages_lib = _module("edge_lab.messages", "delivering a message")
-                guid = messages_lib.add_incoming(
-                    str(home / "Library/Messages/chat.db"),
-                    sender=sender,
-                    text=text,
-                    account_phone=to,
-                    attributed_body=body,
-                )
-                print(f"delivered to {short_name} on {host.name}: {guid}")
-                return guid
-    raise LabError(
-        f"no lab account is signed in to iMessage as {to}; run edge-lab imessage signin first"
+    account = _signed_in(to)
+    if account is None:
+        raise LabError(_nobody_signed_in(to))
+    host, short_name, chat_db = account
+    messages_lib = _module("edge_lab.messages", "delivering a message")
+    guid = messages_lib.add_incoming(
+        str(chat_db), sender=sender, text=text, account_phone=to, attributed_body=body
     )
+    print(f"delivered to {short_name} on {host.name}: {guid}")
+    return guid
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def phone_replay(to, source_db, *, limit=None, since_rowid=0, now=False):
+    """Copies the message rows of another chat.db into the account signed in as ``to``."""
+    try:
+        _phone(to)
+    except LabError as error:
+        raise BadInput(str(error)) from None
+    account = _signed_in(to)
+    if account is None:
+        raise BadInput(_nobody_signed_in(to))
+    host, short_name, chat_db = account
+    replay_lib = _module("edge_lab.replay", "replaying messages")
+    done = replay_lib.replay(chat_db, source_db, since_rowid=since_rowid, limit=limit, now=now)
+
+    print(
+        f"replayed into {short_name} on {host.name}: {_plural(done.rows, 'row')}, "
+        f"{_plural(done.chats, 'chat')}, {_plural(done.handles, 'handle')}, "
+        f"{_plural(done.attachments, 'attachment')} added "
+        f"({_plural(done.files, 'attachment file')} copied)"
+    )
+    if done.skipped:
+        print(f"skipped, guid already in chat.db: {', '.join(done.skipped)}")
+    if done.last_rowid:
+        last = done.last_rowid
+        print(f"read source rows up to ROWID {last} (to go on: --since-rowid {last})")
+    else:
+        print(f"no source rows above ROWID {since_rowid}")
+    return done

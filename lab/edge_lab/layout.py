@@ -18,6 +18,10 @@ class LabError(Exception):
     """A problem the operator can fix; the message says what and how."""
 
 
+class BadInput(LabError):
+    """A command's arguments are wrong and nothing was done; ``edge-lab`` exits with 2."""
+
+
 def lab_dir():
     return Path(os.environ.get("EDGE_LAB_DIR") or REPO_ROOT / ".lab").absolute()
 
