@@ -219,6 +219,7 @@ class ShardRow:
         return rows[0]["shard_id"] if rows else None
 
     def check_unique(self, phone, agent_id):
+        """Refuse a number or an agent id another shard holds; phone None is not checked."""
         if phone is not None:
             holder = self.holder_of("phone_number", phone)
             if holder:
@@ -226,13 +227,12 @@ class ShardRow:
                     f"phone_number {phone} is already the number of shard {holder}: each "
                     "shard has its own number. Give this shard another one."
                 )
-        if agent_id is not None:
-            holder = self.holder_of("agent_id", agent_id)
-            if holder:
-                self.fail(
-                    f"agent_id {agent_id} is already used by shard {holder}: give this shard "
-                    "its own agent id (by default its shard id)."
-                )
+        holder = self.holder_of("agent_id", agent_id)
+        if holder:
+            self.fail(
+                f"agent_id {agent_id} is already used by shard {holder}: give this shard "
+                "its own agent id (by default its shard id)."
+            )
 
     def check_transition(self, current, wanted):
         if wanted == current or wanted is None:

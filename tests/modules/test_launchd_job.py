@@ -551,3 +551,21 @@ def test_restarted_job_that_was_not_loaded_is_only_bootstrapped(plist, tmp_path)
     result = run(launchd, tmp_path, state="restarted", plist=str(plist))
     assert result["changed"] is True
     assert changing(launchd) == [["bootstrap", "gui/502", str(plist)]]
+
+
+def test_job_launchd_drops_right_after_bootstrap_is_reported(plist, tmp_path):
+    launchd = FakeLaunchd()
+
+    def forgetful(argv, data):
+        answer = launchd(argv, data)
+        if argv[1] == "bootstrap":
+            launchd.jobs.clear()
+        return answer
+
+    result = run(forgetful, tmp_path, plist=str(plist), wait_timeout=0.5)
+    assert result.failed
+    assert result["msg"] == (
+        f"{TARGET} did not reach state running within 0.5 s (launchd lost it again: check that "
+        f"the Label in {plist} is {LABEL}). Read the job's log (StandardErrorPath in its plist) "
+        "for why it exits."
+    )

@@ -347,3 +347,18 @@ def test_bad_input_is_refused_before_any_command(args, message):
     assert message in result["msg"]
     assert mac.calls == []
     assert "first" not in repr(result) and "second" not in result["msg"]
+
+
+def test_creates_a_visible_admin_when_asked():
+    mac = FakeDirectory()
+    result = run(mac, hidden=False, admin=True, **NEW_SHARD)
+    assert result["changed"] is True
+    assert result["user"]["hidden"] is False and result["user"]["admin"] is True
+    assert result["commands"][-1] == "/usr/sbin/dseditgroup -o edit -a edge_sage_01 -t user admin"
+    assert not any("IsHidden" in command for command in result["commands"])
+    assert run(mac, hidden=False, admin=True, **NEW_SHARD)["changed"] is False
+
+
+def test_home_is_looked_for_on_the_disk(tmp_path):
+    assert macos_user.home_exists(str(tmp_path)) is True
+    assert macos_user.home_exists(str(tmp_path / "edge_sage_01")) is False

@@ -60,3 +60,24 @@ def test_pid_missing_is_hopeless_and_says_the_relay_is_too_old():
     assert "too old to report its pid" in reasons[0]
     assert judge(report(pid=4243), pid=4243)[:2] == ("healthy", [])
     assert judge(report(pid=7), pid=4243)[2] is False
+
+
+def test_figures_are_whole_counts():
+    assert [edge_health.count(v) for v in (3, 3.0, 0)] == [3, 3, 0]
+    assert [edge_health.count(v) for v in (True, 2.5, -1, "3", None)] == [None] * 5
+
+
+def test_health_port_is_read_from_the_health_section_only(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "# relay of sage-01\n"
+        "shard_id: sage-01\n"
+        "backend:\n"
+        "  port: 8787\n"
+        "\n"
+        "health:\n"
+        "  # the port the gate reads\n"
+        "  host: 127.0.0.1\n"
+        "  port: 47101  # allocated by the relay role\n"
+    )
+    assert edge_health.port_from_config(str(config)) == 47101
