@@ -146,6 +146,11 @@ def test_mac_facts_of_a_fresh_lab_mac(lab_mac):
     assert any("autorestart is off" in w for w in edge_mac["warnings"])
 
 
+# The test's own interpreter may live where nobody cannot read it (a pyenv under /root);
+# the stand-ins need only the standard library and the lab package.
+NOBODY_PYTHON = "/usr/bin/python3"
+
+
 def as_nobody(*commands):
     """Make the stand-ins of `commands` run as nobody, as they would without become."""
     bin_dir = os.environ["PATH"].split(":")[0]
@@ -154,7 +159,7 @@ def as_nobody(*commands):
         with open(wrapper, "w") as handle:
             handle.write(
                 f'#!/bin/sh\nPYTHONPATH="{LAB}" exec setpriv --reuid=65534 --regid=65534 '
-                f'--clear-groups "{sys.executable}" -m edge_lab.standins.{TOOLS[command]} "$@"\n'
+                f'--clear-groups {NOBODY_PYTHON} -m edge_lab.standins.{TOOLS[command]} "$@"\n'
             )
 
 
@@ -172,7 +177,10 @@ def test_uid_in_use_on_the_stand_ins_is_named_and_nothing_is_made(lab_mac):
     assert not os.path.exists(os.path.join(lab_mac, "Users", "edge_sage_01"))
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None or not os.access(NOBODY_PYTHON, os.X_OK),
+    reason=f"setpriv (util-linux) or {NOBODY_PYTHON} is missing",
+)
 def test_without_root_the_stand_ins_refuse_and_the_module_says_to_become_root(lab_mac):
     run(**SHARD)
     as_nobody("sysadminctl", "dscl", "createhomedir", "dseditgroup")
