@@ -69,6 +69,11 @@ notes:
     be read back later, only rotated.
   - A row with user assignments cannot be removed; move the users to other shards first.
   - RV(queries) lists the statements with their placeholders, never the values.
+  - In check mode the module reads the row and the rows it must not collide with, returns
+    the statements it would run in RV(queries) and the change as a diff, and writes nothing;
+    it returns no RV(token), since none is stored.
+  - Every check (formats, the lifecycle, a number or agent id taken by another shard) runs
+    before the one write, in the same transaction; a refused run leaves the table as it was.
 """
 
 EXAMPLES = r"""
