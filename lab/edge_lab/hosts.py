@@ -430,13 +430,25 @@ def cut(host, timeout=10):
         time.sleep(0.05)
 
 
-def restore(host):
-    """Undo cut: every process of the host continues where it stopped."""
+def restore(host, settle=0.5, timeout=5):
+    """Undo cut: every process of the host continues where it stopped.
+
+    One pass of SIGCONT is not enough: sudo, seeing the command it runs stopped, stops itself
+    once it runs again, after the pass that continued it. So passes go on until no process
+    of the host has been stopped for `settle` seconds (at most `timeout`).
+    """
     record = read_record(host)
     if record and is_running(host):
-        for pid in processes_in({record["pid_ns"]}):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < settle:
+            stopped = [pid for pid in processes_in({record["pid_ns"]}) if _state(pid) in ("T", "t")]
+            if stopped:
+                quiet_since = time.monotonic()
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
     was_cut = is_cut(host)
     _cut_marker(host).unlink(missing_ok=True)
     return was_cut

@@ -101,6 +101,32 @@ def test_cut_host_stops_answering_and_restore_brings_it_back(lab_env):
     assert "was not cut off" in edge_lab(lab_env, "restore", "mini-01").stdout
 
 
+# Stops itself once after it is continued, as sudo does when it learns that the command it
+# runs was stopped (it mirrors the stop), then leaves a mark when it is running again.
+STOPS_AGAIN = """
+import os, signal, time
+continued = []
+signal.signal(signal.SIGCONT, lambda *_: continued.append(1))
+while not continued:
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGSTOP)
+open("/tmp/stops-again.done", "w").write("done")
+"""
+
+
+def test_restore_continues_a_process_that_stops_itself_again(lab_env):
+    command = f"rm -f /tmp/stops-again.done; nohup python3 -c '{STOPS_AGAIN}' >/dev/null 2>&1 &"
+    assert ssh(command).returncode == 0
+    time.sleep(0.5)
+    edge_lab(lab_env, "cut", "mini-01")
+    edge_lab(lab_env, "restore", "mini-01")
+    deadline = time.monotonic() + 10
+    while ssh("cat /tmp/stops-again.done").stdout.strip() != "done":
+        stopped = {pid: s for pid, s in states_in_host().items() if s in ("T", "t")}
+        assert time.monotonic() < deadline, f"still stopped after restore: {stopped}"
+        time.sleep(0.2)
+
+
 def test_down_ends_a_cut_host_at_once(lab_env):
     edge_lab(lab_env, "cut", "mini-01")
     started = time.monotonic()
