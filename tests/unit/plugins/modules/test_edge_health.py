@@ -48,7 +48,7 @@ def test_each_bound_is_settable():
 
 def test_failed_check_is_critical_with_its_detail():
     body = report(checks={"gui_session": {"ok": False, "detail": "no GUI session for uid 502"}})
-    status, reasons, _ = judge(body)
+    status, reasons = judge(body)[:2]
     assert status == "critical"
     assert reasons == ["check gui_session failed: no GUI session for uid 502"]
 
