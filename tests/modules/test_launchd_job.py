@@ -569,3 +569,28 @@ def test_job_launchd_drops_right_after_bootstrap_is_reported(plist, tmp_path):
         f"the Label in {plist} is {LABEL}). Read the job's log (StandardErrorPath in its plist) "
         "for why it exits."
     )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (3, "", "Boot-out failed: 3: No such process\n"),
+        (113, "", "Boot-out failed: 113: Could not find specified service\n"),
+    ],
+    ids=["3", "113"],
+)
+def test_job_gone_between_print_and_bootout_is_booted_out_already(plist, tmp_path, answer):
+    launchd = FakeLaunchd()
+    run(launchd, tmp_path, plist=str(plist))
+
+    def exits_first(argv, data):
+        if argv[1] == "bootout":
+            launchd.jobs.clear()
+            return answer
+        return launchd(argv, data)
+
+    result = run(exits_first, tmp_path, state="booted_out")
+    assert not result.failed, result["msg"]
+    assert result["state"] == "not loaded"
+    assert result["commands"] == [f"/usr/sbin/launchctl bootout {TARGET}"]
+    assert not (tmp_path / "state" / "gui-502" / (LABEL + ".sha256")).exists()
