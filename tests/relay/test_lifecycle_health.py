@@ -99,7 +99,8 @@ async def test_doctor_passes_on_a_good_shard(settings, backend, messages, tmp_pa
     result = await _in_thread(doctor, settings, tmp_path)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert len(lines) == 7 and all(line.startswith("ok") for line in lines)
+    assert len(lines) == 8 and all(line.startswith("ok") for line in lines)
+    assert "parked events: none" in lines[-1]
 
 
 async def test_doctor_names_each_fault_and_what_to_fix(settings, backend, messages, tmp_path):

@@ -8,19 +8,50 @@ from urllib.parse import quote
 
 import aiohttp
 
+# Answers about the shard or the moment (token, disabled shard, timeout, rate), not about what
+# was sent: a call answered so is worth sending again as it is.
+NOT_ABOUT_THE_CONTENT = (401, 403, 408, 429)
+# The backend's own sentence is kept to this many characters, first line only.
+REASON_CHARS = 300
+
 
 class BackendError(Exception):
-    """A call failed: `status` is the HTTP status, or None when the backend was unreachable."""
+    """A call failed: `status` is the HTTP status, or None when the backend was unreachable.
 
-    def __init__(self, message: str, status: Optional[int] = None):
+    `reason` is the backend's own sentence (its `{"error": ...}`) when it gave one.
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None, reason: Optional[str] = None):
         super().__init__(message)
         self.status = status
+        self.reason = reason
+
+    @property
+    def refused(self) -> bool:
+        """Whether the backend refused what was sent: a 4xx about the content of the call."""
+        return (
+            self.status is not None
+            and 400 <= self.status < 500
+            and self.status not in NOT_ABOUT_THE_CONTENT
+        )
 
 
 STATUS_REASONS = {
     401: "the backend does not know this shard's token; check backend.token_file",
     403: "the backend has disabled this shard",
 }
+
+
+async def _error_sentence(response: aiohttp.ClientResponse) -> Optional[str]:
+    """The sentence of an `{"error": ...}` answer, first line and bounded; None without one."""
+    try:
+        body = await response.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return None
+    sentence = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(sentence, str) or not sentence.strip():
+        return None
+    return sentence.strip().splitlines()[0][:REASON_CHARS]
 
 
 class Backend:
@@ -55,7 +86,9 @@ class Backend:
                 if response.status >= 400:
                     reason = STATUS_REASONS.get(response.status, "the backend refused the call")
                     error = BackendError(
-                        f"{method} {path} answered {response.status}: {reason}", response.status
+                        f"{method} {path} answered {response.status}: {reason}",
+                        response.status,
+                        await _error_sentence(response),
                     )
                     self.last_error = str(error)
                     raise error
@@ -82,7 +115,14 @@ class Backend:
 
     async def inbound(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Forwards a batch; the answer's `accepted` is a list of guid strings, checked here."""
-        answer = await self._call("POST", "/edge/inbound", {"events": events})
+        try:
+            answer = await self._call("POST", "/edge/inbound", {"events": events})
+        except BackendError as error:
+            if error.refused:
+                # The backend answered, so it is reachable; the events it refused are the
+                # inbound side's to report.
+                self.last_error = None
+            raise
         accepted = answer.get("accepted")
         if not isinstance(accepted, list) or not all(isinstance(g, str) for g in accepted):
             self.last_error = "POST /edge/inbound answered without a list of accepted guids"

@@ -1,4 +1,4 @@
-"""`edge-relay run | check-config | doctor --config PATH`, `edge-relay --version`."""
+"""`edge-relay run | check-config | doctor | parked [--retry [GUID]] --config PATH`, `--version`."""
 
 from __future__ import annotations
 
@@ -25,9 +25,18 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the relay until SIGTERM, then drain and exit"),
         ("check-config", "check the configuration and exit (0 when usable, 2 otherwise)"),
         ("doctor", "check everything the shard needs, one line each (exit 0 all good, 1 not)"),
+        ("parked", "list the inbound events the backend would not take, or retry them"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="the relay's config.yml")
+        if name == "parked":
+            sub.add_argument(
+                "--retry",
+                nargs="?",
+                const=True,
+                metavar="GUID",
+                help="forward the parked events again (only GUID's when given)",
+            )
     return parser
 
 
@@ -36,13 +45,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("edge-relay: choose a command: run, check-config or doctor", file=sys.stderr)
+        print("edge-relay: choose a command: run, check-config, doctor or parked", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
     if args.command == "doctor":
         from edge_relay import doctor
 
         return doctor.run(args.config)
+
+    if args.command == "parked":
+        from edge_relay import parked
+
+        return parked.run(args.config, args.retry, err=lambda line: print(line, file=sys.stderr))
 
     try:
         config = load(args.config)

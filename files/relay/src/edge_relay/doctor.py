@@ -2,6 +2,8 @@
 
 It runs as the shard's user (as launchd would run the relay) and changes nothing the relay
 keeps: the backend call is a registration, which the relay repeats at every start anyway.
+Inbound events the backend would not take (parked) are reported as a warning: the shard works,
+but a person should look at them and retry them once the backend takes them.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import urllib.error
 import urllib.request
 from typing import Callable, List, Optional, Tuple
 
-from edge_relay import __version__
+from edge_relay import __version__, parked
 from edge_relay.chatdb import ChatDB
 from edge_relay.config import Config, ConfigError, load
 from edge_relay.health import gui_session
 from edge_relay.sender import SCRIPT_PATH
 
-Check = Tuple[str, bool, str]  # name, ok, sentence (what is wrong and what to do)
+# name, ok (None: works, but look), sentence (what is wrong and what to do)
+Check = Tuple[str, Optional[bool], str]
+MARKS = {True: "ok  ", False: "FAIL", None: "warn"}
 
 
 def check_chat_db(config: Config) -> Check:
@@ -97,6 +101,29 @@ def check_health_port(config: Config) -> Check:
     )
 
 
+def check_parked(config: Config, config_path: str) -> Check:
+    command = f"edge-relay parked --config {config_path}"
+    try:
+        conn = parked.open_state(config.state_dir, writable=False)
+    except parked.ParkedError as error:
+        return "parked events", False, str(error)
+    if conn is None:
+        return "parked events", True, "none (the relay has kept no state yet)"
+    try:
+        count, oldest = parked.summary(conn)
+    finally:
+        conn.close()
+    if not count:
+        return "parked events", True, "none: the backend took every event the relay forwarded"
+    return (
+        "parked events",
+        None,
+        f"{count} inbound event(s) the backend would not take are parked (oldest {oldest}): "
+        f"`{command}` lists them with the backend's reasons; once the backend takes them, "
+        f"`{command} --retry` forwards them again",
+    )
+
+
 CHECKS: List[Callable[[Config], Check]] = [
     check_chat_db,
     check_gui,
@@ -107,7 +134,7 @@ CHECKS: List[Callable[[Config], Check]] = [
 
 
 def run(config_path: str, out: Optional[Callable[[str], None]] = None) -> int:
-    """Prints one line per check; 0 when all pass, 1 otherwise."""
+    """Prints one line per check; 0 when none failed (warnings pass), 1 otherwise."""
     out = out or print
     try:
         config = load(config_path)
@@ -119,8 +146,8 @@ def run(config_path: str, out: Optional[Callable[[str], None]] = None) -> int:
     out(f"ok    config: {config_path} is usable for shard {config.shard_id}")
     out(f"ok    token file: {config.token_file} is the owner's only, and not empty")
     failed = 0
-    for check in CHECKS:
+    for check in [*CHECKS, lambda config: check_parked(config, config_path)]:
         name, ok, detail = check(config)
-        failed += not ok
-        out(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+        failed += ok is False
+        out(f"{MARKS[ok]}  {name}: {detail}")
     return 1 if failed else 0

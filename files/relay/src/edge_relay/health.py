@@ -2,7 +2,8 @@
 
 Beside the queue figures, /health checks what a person may have to fix: chat.db readable
 (Full Disk Access), the user's GUI session (the relay drives Messages inside it), the backend,
-and how long ago the last incoming message arrived.
+inbound events the backend would not take (parked), and how long ago the last incoming message
+arrived.
 """
 
 from __future__ import annotations
@@ -186,8 +187,25 @@ def inbound_check(chat_db: str, bounds: HealthConfig, now: float) -> Dict[str, A
     return check
 
 
-class _QueueCollector:
-    """Reads the queue figures at scrape time, so /metrics and /health never disagree."""
+def backend_refused_check(parked: int, oldest: Optional[str]) -> Dict[str, Any]:
+    """A warning while any inbound event is parked: the relay goes on, a person decides."""
+    if not parked:
+        return {"ok": True, "detail": "no inbound event parked", "parked": 0}
+    return {
+        "ok": True,
+        "warning": True,
+        "parked": parked,
+        "oldest_guid": oldest,
+        "detail": (
+            f"{parked} inbound event(s) the backend would not take are parked, the oldest "
+            f"{oldest}; `edge-relay parked` lists them and `edge-relay parked --retry` "
+            "forwards them again"
+        ),
+    }
+
+
+class _ReportCollector:
+    """Reads the report's figures at scrape time, so /metrics and /health never disagree."""
 
     def __init__(self, report: Callable[[], Dict[str, Any]]):
         self.report = report
@@ -210,6 +228,18 @@ class _QueueCollector:
             counter = CounterMetricFamily(name, f"SendQueue {key} since the queue was created")
             counter.add_metric([], figures[key])
             yield counter
+        parked = report["inbound"]
+        counter = CounterMetricFamily(
+            "edge_relay_inbound_parked", "Inbound events parked since the state was created"
+        )
+        counter.add_metric([], parked["totalParked"])
+        yield counter
+        waiting = GaugeMetricFamily(
+            "edge_relay_inbound_parked_waiting",
+            "Inbound events parked and not yet taken by the backend",
+        )
+        waiting.add_metric([], parked["parked"])
+        yield waiting
         status = GaugeMetricFamily(
             "edge_relay_status", "Overall status: 0 healthy, 1 warning, 2 critical"
         )
@@ -230,7 +260,7 @@ class HealthServer:
         self.report = report
         self.refresh = refresh
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_QueueCollector(report))
+        self.registry.register(_ReportCollector(report))
         self._runner: Optional[web.AppRunner] = None
 
     async def _health(self, _request: web.Request) -> web.Response:

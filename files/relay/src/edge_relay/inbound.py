@@ -37,6 +37,24 @@ before the first one left out: that one and every later event of its chat go bac
 of the chat's lane, in order, and are sent again after the back-off, accepted ones included
 (the backend takes a guid once). So a chat's later message never counts as handled while an
 earlier one waits, and what the relay sends for a chat always follows Messages' order.
+
+Events the backend will not take (parking)
+------------------------------------------
+The backend checks a batch as a whole: one event it cannot take (a shape it does not know yet,
+say) refuses the batch. A batch answered with a 4xx other than 401, 403, 408 and 429 (those
+are about the shard or the moment, and are retried as above) is sent again in two halves, by
+whole chats when it holds several (else the older half of its one chat first), each half on
+its own and in turn, down to single events; a single event refused so is parked at once. An
+event left out of `accepted` PARK_AFTER times, over at least PARK_AFTER_S since it was first
+left out, is parked too, but only when no earlier event of its chat still waits.
+
+A parked event is kept whole in `inbound_parked` (parked.py) with the backend's status and
+reason, and, in the same transaction, counted as handled: its row is recorded in
+`inbound_seen` with the outcome `parked` (an edit or unsend brings its message's revision
+state up to date), so the settled mark moves past it and its chat goes on. `edge-relay parked
+--retry` marks parked events; each pass takes the marked ones back into their chats' lanes,
+behind what waits there, for one more try: accepted, the event leaves the table (in the same
+transaction that records it handled); refused or left out again, it is parked again at once.
 """
 
 from __future__ import annotations
@@ -48,8 +66,9 @@ import logging
 import random
 import sqlite3
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
+from edge_relay import parked
 from edge_relay.backend import Backend, BackendError
 from edge_relay.chatdb import (
     ChatDB,
@@ -75,14 +94,26 @@ INCOMPLETE_WAIT_S = 5.0
 FOLLOW_UP_S = 0.05
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
+# An event left out of `accepted` this many times, and over at least this long, is parked: a
+# backend catching up after an incident gets minutes, not a few quick back-offs.
+PARK_AFTER = 5
+PARK_AFTER_S = 180.0
+# The status kept for an event parked after answers that left it out (the backend said 2xx).
+LEFT_OUT_STATUS = 200
+# A text shorter than this is not cut out of a backend's reason: short words are too common to
+# tell apart from the backend's own.
+TEXT_MIN_CHARS = 4
 
-LEDGER_SCHEMA = """
+LEDGER_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS inbound_seen (
     guid TEXT PRIMARY KEY, rowid INTEGER NOT NULL, outcome TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS inbound_seen_rowid ON inbound_seen (rowid);
 CREATE TABLE IF NOT EXISTS inbound_revisions (
     guid TEXT PRIMARY KEY, rowid INTEGER NOT NULL, state TEXT NOT NULL);
 """
+    + parked.PARKED_SCHEMA
+)
 
 
 class InboundLedger:
@@ -133,8 +164,12 @@ class InboundLedger:
         self,
         rows: List[tuple],
         revisions: Optional[List[tuple]] = None,
+        unparked: Optional[List[str]] = None,
     ) -> None:
-        """Records (guid, rowid, outcome) rows and (guid, rowid, state) revisions at once."""
+        """Records (guid, rowid, outcome) rows and (guid, rowid, state) revisions at once.
+
+        `unparked`: guids of parked events the backend has now accepted, taken off the table.
+        """
         now = time.time()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -146,6 +181,9 @@ class InboundLedger:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO inbound_revisions (guid, rowid, state) VALUES (?, ?, ?)",
                 [(guid, rowid, json.dumps(state)) for guid, rowid, state in revisions or []],
+            )
+            self.conn.executemany(
+                "DELETE FROM inbound_parked WHERE guid = ?", [(guid,) for guid in unparked or []]
             )
         for guid, rowid, _ in rows:
             self.seen[guid] = rowid
@@ -165,11 +203,101 @@ class InboundLedger:
         self.seen = {g: r for g, r in self.seen.items() if r > floor}
         self.revisions = {g: s for g, s in self.revisions.items() if self.seen.get(g, 0) > floor}
 
+    def revised(self, pending: Pending) -> Dict[str, Any]:
+        """The revision state of the event's message once the event is told."""
+        state = dict(self.revisions.get(pending.row_guid) or {})
+        state.update(pending.revision or {})
+        return state
+
+    def park(self, pending: Pending, status: int, reason: str) -> None:
+        """Keeps the event in `inbound_parked` and counts it as handled, in one transaction.
+
+        Parked again (after a retry), it keeps its first attempt and adds up its attempts.
+        """
+        now = time.time()
+        event = pending.event
+        state = self.revised(pending) if pending.revision is not None else None
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT INTO inbound_parked (guid, chat_guid, event, row_guid, rowid, outcome, "
+                "status, reason, first_attempt_at, last_attempt_at, attempts, parked_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(guid) DO UPDATE SET "
+                "status = excluded.status, reason = excluded.reason, "
+                "last_attempt_at = excluded.last_attempt_at, "
+                "attempts = attempts + excluded.attempts, parked_at = excluded.parked_at, "
+                "retry = 0",
+                (
+                    str(event["guid"]),
+                    str(event["chat_guid"]),
+                    json.dumps(event),
+                    pending.row_guid,
+                    pending.rowid,
+                    pending.outcome,
+                    status,
+                    reason,
+                    pending.first_try or now,
+                    pending.last_try or now,
+                    pending.tries,
+                    now,
+                ),
+            )
+            if pending.outcome is not None:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO inbound_seen (guid, rowid, outcome, at) "
+                    "VALUES (?, ?, 'parked', ?)",
+                    (pending.row_guid, pending.rowid, now),
+                )
+            if state is not None:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO inbound_revisions (guid, rowid, state) "
+                    "VALUES (?, ?, ?)",
+                    (pending.row_guid, pending.rowid, json.dumps(state)),
+                )
+            self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT(key) DO UPDATE "
+                "SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+                (parked.TOTAL_KEY,),
+            )
+        if pending.outcome is not None:
+            self.seen[pending.row_guid] = pending.rowid
+        if state is not None:
+            self.revisions[pending.row_guid] = state
+
+    def retries(self) -> List[Pending]:
+        """The parked events marked to be forwarded again, oldest first.
+
+        Their revision state was recorded when they were parked, so they carry none: telling
+        it again could undo a later edit's.
+        """
+        rows = self.conn.execute(
+            "SELECT event, rowid, row_guid, outcome FROM inbound_parked WHERE retry = 1 "
+            "ORDER BY first_attempt_at, guid"
+        ).fetchall()
+        taken = []
+        for event, rowid, row_guid, outcome in rows:
+            pending = Pending(json.loads(event), rowid, row_guid, outcome, None)
+            pending.retried = True
+            taken.append(pending)
+        return taken
+
 
 class Pending:
     """An event waiting to be acknowledged, and what its acknowledgement records."""
 
-    __slots__ = ("event", "rowid", "row_guid", "outcome", "revision")
+    __slots__ = (
+        "event",
+        "rowid",
+        "row_guid",
+        "outcome",
+        "revision",
+        "tries",
+        "first_try",
+        "last_try",
+        "left_out",
+        "left_out_since",
+        "retried",
+    )
 
     def __init__(
         self,
@@ -186,6 +314,23 @@ class Pending:
         self.outcome = outcome
         # The keys of the row's revision state this event brings up to date.
         self.revision = revision
+        # Requests that carried the event, and when the first and the last went (Unix time).
+        self.tries = 0
+        self.first_try: Optional[float] = None
+        self.last_try: Optional[float] = None
+        # Answers that left it out of `accepted`, counted from the first (monotonic time).
+        self.left_out = 0
+        self.left_out_since: Optional[float] = None
+        # A parked event sent again on request: one more try, then parked again.
+        self.retried = False
+
+    @property
+    def guid(self) -> str:
+        return str(self.event["guid"])
+
+    @property
+    def chat(self) -> str:
+        return str(self.event["chat_guid"])
 
 
 class Inbound:
@@ -234,6 +379,7 @@ class Inbound:
             woken = False
             while True:
                 await self._read()
+                self._take_retries()
                 self._dispatch()
                 # The folder event comes when Messages writes the WAL, which can be a moment
                 # before its commit is visible: a woken read is followed by one more shortly.
@@ -358,6 +504,14 @@ class Inbound:
             self._queue(Pending(event, row.rowid, row.guid, None, update), front=False)
         return []
 
+    def _take_retries(self) -> None:
+        """Puts the parked events marked for a retry back into their chats' lanes."""
+        for pending in self.ledger.retries():
+            if pending.guid in self.queued:
+                continue
+            self._queue(pending, front=False)
+            log.info("parked event %s is forwarded again", pending.guid)
+
     def _queue(self, pending: Pending, front: bool) -> None:
         chat = str(pending.event["chat_guid"])
         lane = self.lanes.get(chat)
@@ -412,35 +566,21 @@ class Inbound:
             request.add_done_callback(self.requests.discard)
 
     async def _forward(self, batch: List[Pending], chats: List[str]) -> None:
-        events = [pending.event for pending in batch]
         try:
-            answer = await self.backend.inbound(events)
-        except BackendError as error:
-            self.problem = f"forwarding events failed: {error}"
-            self._put_back(batch)
-            wait = self._back_off()
-            log.warning(
-                "forwarding %d event(s) failed (%s); retrying in %.1f s", len(events), error, wait
-            )
-            return
+            left, unaccepted, failure = await self._deliver(batch)
         finally:
             for chat in chats:
                 self.busy_chats.discard(chat)
             self.wake()
 
-        accepted = set(answer["accepted"])
-        done, left = self._split_by_chat(batch, accepted)
-        self._acknowledged(done)
-        log.info(
-            "batch forwarded: %d event(s), %d accepted, %d handled, guids %s",
-            len(events),
-            len(accepted & {str(event["guid"]) for event in events}),
-            len(done),
-            ",".join(str(event["guid"]) for event in events),
-        )
-        self.on_commands(answer.get("commands") or [])
-        if left:
-            unaccepted = sum(1 for pending in left if pending.event["guid"] not in accepted)
+        if failure is not None:
+            self.problem = f"forwarding events failed: {failure}"
+            self._put_back(left)
+            wait = self._back_off()
+            log.warning(
+                "forwarding %d event(s) failed (%s); retrying in %.1f s", len(left), failure, wait
+            )
+        elif left:
             self.problem = f"the backend left {unaccepted} event(s) unaccepted"
             self._put_back(left)
             wait = self._back_off()
@@ -455,26 +595,106 @@ class Inbound:
             self.failures = 0
             self.retry_at = 0.0
 
+    async def _deliver(
+        self, batch: List[Pending]
+    ) -> Tuple[List[Pending], int, Optional[BackendError]]:
+        """Sends `batch`, in halves while the backend refuses it; returns what goes back.
+
+        That is the events to put back (in order), how many of them the backend left out of
+        `accepted`, and the error that ended the round (unreachable, 5xx, 401, ...), if any:
+        the part it hit and every part after it go back unsent. A chat with an event going
+        back keeps its later events back too, whichever part they are in.
+        """
+        parts = [batch]
+        left: List[Pending] = []
+        unaccepted = 0
+        held: Set[str] = set()
+        while parts:
+            part = parts.pop(0)
+            left.extend(pending for pending in part if pending.chat in held)
+            part = [pending for pending in part if pending.chat not in held]
+            if not part:
+                continue
+            now = time.time()
+            for pending in part:
+                pending.tries += 1
+                pending.first_try = pending.first_try or now
+                pending.last_try = now
+            try:
+                answer = await self.backend.inbound([pending.event for pending in part])
+            except BackendError as error:
+                if not error.refused:
+                    left.extend(part)
+                    left.extend(pending for rest in parts for pending in rest)
+                    return left, unaccepted, error
+                if len(part) == 1:
+                    self._park(part[0], error.status or 0, error.reason or str(error))
+                    continue
+                first, second = halves(part)
+                log.warning(
+                    "the backend refused %d event(s) with %s; sending them again as %d and %d",
+                    len(part),
+                    error.status,
+                    len(first),
+                    len(second),
+                )
+                parts[:0] = [first, second]
+                continue
+            back, left_out = self._answered(part, answer)
+            left.extend(back)
+            unaccepted += left_out
+            held.update(pending.chat for pending in back)
+        return left, unaccepted, None
+
+    def _answered(self, part: List[Pending], answer: Dict[str, Any]) -> Tuple[List[Pending], int]:
+        """Settles what was accepted and parks what is due; returns the events to send again
+        (in order) and how many of them the backend left out."""
+        accepted = set(answer["accepted"])
+        now = time.monotonic()
+        for pending in part:
+            if pending.guid not in accepted:
+                pending.left_out += 1
+                if pending.left_out_since is None:
+                    pending.left_out_since = now
+        done, due, back = self._split_by_chat(part, accepted, now)
+        for pending in due:
+            self._park(pending, LEFT_OUT_STATUS, left_out_reason(pending, now))
+        self._acknowledged(done)
+        log.info(
+            "batch forwarded: %d event(s), %d accepted, %d handled, guids %s",
+            len(part),
+            len(accepted & {pending.guid for pending in part}),
+            len(done),
+            ",".join(pending.guid for pending in part),
+        )
+        self.on_commands(answer.get("commands") or [])
+        return back, sum(1 for pending in back if pending.guid not in accepted)
+
     @staticmethod
     def _split_by_chat(
-        batch: List[Pending], accepted: Set[str]
-    ) -> Tuple[List[Pending], List[Pending]]:
-        """(handled, to resend): per chat, the events up to its first unaccepted one count.
+        batch: List[Pending], accepted: Set[str], now: float
+    ) -> Tuple[List[Pending], List[Pending], List[Pending]]:
+        """(handled, to park, to resend): per chat, the events up to its first unaccepted one
+        that is not due to be parked count.
 
         An event accepted after an unaccepted one of its chat is sent again behind it, so the
         relay never counts a chat's later message handled while an earlier one still waits.
         """
         done: List[Pending] = []
+        due: List[Pending] = []
         left: List[Pending] = []
         held: Set[str] = set()
         for pending in batch:
-            chat = str(pending.event["chat_guid"])
-            if chat not in held and pending.event["guid"] in accepted:
+            if pending.chat in held:
+                left.append(pending)
+            elif pending.guid in accepted:
                 done.append(pending)
-                continue
-            held.add(chat)
-            left.append(pending)
-        return done, left
+            elif due_to_park(pending, now):
+                due.append(pending)
+            else:
+                held.add(pending.chat)
+                left.append(pending)
+        return done, due, left
 
     def _acknowledged(self, done: List[Pending]) -> None:
         rows = [(p.row_guid, p.rowid, p.outcome) for p in done if p.outcome is not None]
@@ -482,13 +702,28 @@ class Inbound:
         for pending in done:
             if pending.revision is None:
                 continue
-            state = dict(self.ledger.revisions.get(pending.row_guid) or {})
-            state.update(pending.revision)
+            state = self.ledger.revised(pending)
             revisions.append((pending.row_guid, pending.rowid, state))
             self.ledger.revisions[pending.row_guid] = state
-        self.ledger.handled(rows, revisions)
+        unparked = [pending.guid for pending in done if pending.retried]
+        self.ledger.handled(rows, revisions, unparked)
         for pending in done:
-            self.queued.discard(pending.event["guid"])
+            self.queued.discard(pending.guid)
+        for guid in unparked:
+            log.info("parked event %s accepted by the backend; no longer parked", guid)
+
+    def _park(self, pending: Pending, status: int, reason: str) -> None:
+        reason = without_text(reason, pending.event)
+        self.ledger.park(pending, status, reason)
+        self.queued.discard(pending.guid)
+        log.warning(
+            "event %s parked (backend status %d): %s; `edge-relay parked --retry %s` forwards "
+            "it again",
+            pending.guid,
+            status,
+            reason,
+            pending.guid,
+        )
 
     def _put_back(self, batch: List[Pending]) -> None:
         for pending in reversed(batch):
@@ -502,3 +737,62 @@ class Inbound:
         wait = random.uniform(ceiling / 2, ceiling)
         self.retry_at = time.monotonic() + wait
         return wait
+
+
+def halves(part: List[Pending]) -> Tuple[List[Pending], List[Pending]]:
+    """A refused batch in two: whole chats, split nearest the middle, when it holds several;
+    else the older and the newer half of its one chat."""
+    chats: Dict[str, List[Pending]] = collections.OrderedDict()
+    for pending in part:
+        chats.setdefault(pending.chat, []).append(pending)
+    if len(chats) == 1:
+        middle = len(part) // 2
+        return part[:middle], part[middle:]
+    runs = list(chats.values())
+    cut, before, nearest = 1, 0, None
+    for index, run in enumerate(runs[:-1], start=1):
+        before += len(run)
+        distance = abs(2 * before - len(part))
+        if nearest is None or distance < nearest:
+            cut, nearest = index, distance
+    return (
+        [pending for run in runs[:cut] for pending in run],
+        [pending for run in runs[cut:] for pending in run],
+    )
+
+
+def due_to_park(pending: Pending, now: float) -> bool:
+    """Left out once after a retry, or PARK_AFTER times over at least PARK_AFTER_S."""
+    if pending.retried:
+        return True
+    since = pending.left_out_since
+    return pending.left_out >= PARK_AFTER and since is not None and now - since >= PARK_AFTER_S
+
+
+def left_out_reason(pending: Pending, now: float) -> str:
+    if pending.retried:
+        return "left out of accepted again when retried"
+    since = pending.left_out_since if pending.left_out_since is not None else now
+    return f"left out of accepted {pending.left_out} times over {now - since:.0f} s"
+
+
+def without_text(reason: str, event: Dict[str, Any]) -> str:
+    """The backend's reason with the event's text cut out, should the backend quote it: the
+    reason is logged and listed, the text never."""
+    for text in sorted(_texts(event), key=len, reverse=True):
+        if len(text.strip()) >= TEXT_MIN_CHARS:
+            reason = reason.replace(text, "[text]")
+    return reason
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every `text` of an event: the message's, and those of an edit's history."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "text" and isinstance(item, str):
+                yield item
+            else:
+                yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)

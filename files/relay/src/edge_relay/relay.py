@@ -11,7 +11,7 @@ import socket
 import time
 from typing import Any, Dict, List, Optional
 
-from edge_relay import __version__
+from edge_relay import __version__, parked
 from edge_relay.attachments import AttachmentStage
 from edge_relay.backend import Backend, BackendError
 from edge_relay.chatdb import ChatDB
@@ -20,6 +20,7 @@ from edge_relay.health import (
     GuiSession,
     HealthServer,
     QueueView,
+    backend_refused_check,
     inbound_check,
     judge_queue,
     overall,
@@ -115,6 +116,7 @@ class Relay:
             figures["depth"], self.depth_high_since, drops, self.store.recent_arrivals(since)
         )
         queue_status = judge_queue(view, self.config.health, now)
+        parked_now, oldest_parked = parked.summary(self.store.conn)
         checks = {
             "chat_db": {"ok": chat_ok, "detail": chat_detail},
             "backend": {
@@ -128,6 +130,7 @@ class Relay:
             },
             "gui_session": self.gui.check(),
             "inbound": inbound_check(self.config.chat_db, self.config.health, now),
+            "backend_refused": backend_refused_check(parked_now, oldest_parked),
         }
         return {
             "status": overall(checks, queue_status),
@@ -136,6 +139,7 @@ class Relay:
             # The relay's own process, for a deploy to compare with the pid launchd reports.
             "pid": os.getpid(),
             "send_queue": figures,
+            "inbound": {"parked": parked_now, "totalParked": parked.total(self.store.conn)},
             "checks": checks,
             "queue_status": queue_status,
             "drops_recent": drops,

@@ -1,7 +1,8 @@
 """The relay's own durable state: one SQLite file in `state_dir`.
 
-It holds the inbound cursor (the last chat.db ROWID the backend acknowledged), the SendQueue
-with its four figures, the results not yet reported, and recent drop times for /health.
+It holds the inbound cursor (the last chat.db ROWID the backend acknowledged; its ledger and
+the events the backend would not take are in inbound.py and parked.py), the SendQueue with its
+figures, the results not yet reported, and recent drop times for /health.
 Every change is committed before the relay acts on it, so a crash or a restart loses nothing
 the backend was told about.
 """
@@ -44,6 +45,8 @@ STATUS_FIGURES = {
     "expired": "totalExpired",
     "uncertain": "totalUncertain",
 }
+# The state database's file name in `state_dir`.
+STATE_FILE = "relay-state.db"
 # A command id is remembered this long after its result, so a copy handed out again by the
 # backend (it re-leases after 180 s without a result) is not sent twice.
 FINISHED_KEEP_S = 24 * 3600
@@ -52,7 +55,7 @@ FINISHED_KEEP_S = 24 * 3600
 class StateStore:
     def __init__(self, state_dir: str):
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        self.path = os.path.join(state_dir, "relay-state.db")
+        self.path = os.path.join(state_dir, STATE_FILE)
         self.conn = sqlite3.connect(self.path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
