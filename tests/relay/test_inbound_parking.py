@@ -432,3 +432,44 @@ async def test_a_parked_edit_is_not_read_again(settings, refusing, messages):
     assert refusing.tries_of(row[0]) == tries == 1
     event = json.loads(row[7])
     assert event["type"] == "edit" and event["message_guid"] == guid
+
+
+def doctor(settings: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(settings))
+    return subprocess.run(
+        [sys.executable, "-m", "edge_relay", "doctor", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.asyncio
+async def test_doctor_reports_parked_events_and_how_to_retry_them(
+    settings, refusing, messages, tmp_path
+):
+    await stopped_once(settings)
+    bad = messages.incoming(CHAT_A, text=SECRET)
+    refusing.bad.add(bad)
+    async with RunningRelay(settings):
+        await wait_for(lambda: parked_rows(settings), 10, "the event to be parked")
+    result = await asyncio.to_thread(doctor, settings, tmp_path)
+    assert result.returncode == 0, result.stdout  # a warning: the shard works
+    [line] = [line for line in result.stdout.splitlines() if "parked events" in line]
+    assert line.startswith("warn  parked events: 1 inbound event(s)")
+    assert f"oldest {bad}" in line
+    assert f"edge-relay parked --config {tmp_path / 'config.yml'} --retry" in line
+    assert SECRET not in result.stdout
+
+
+def test_parked_without_state_or_with_a_bad_config_says_so(settings, tmp_path):
+    listing = parked_cli(settings, tmp_path)
+    assert listing.returncode == 0
+    assert "no parked events: the relay has kept no state" in listing.stdout
+    retry = parked_cli(settings, tmp_path, "--retry", "SOME-GUID")
+    assert retry.returncode == 1 and "no parked event has guid SOME-GUID" in retry.stderr
+    assert not Path(settings["state_dir"]).exists()  # looking created nothing
+    settings["shard_id"] = "nope"
+    bad = parked_cli(settings, tmp_path)
+    assert bad.returncode == 2 and "shard_id" in bad.stderr
