@@ -121,3 +121,42 @@ async def test_a_message_in_gets_its_echo_reply_out(
         conn.close()
     assert statuses == [("delivered",)]
     assert version == report["version"]
+
+
+async def test_an_event_the_backend_refuses_is_parked_and_the_others_recorded(
+    reference_backend, tmp_path, messages, osascript
+):
+    url, db = reference_backend
+    settings = relay_settings(tmp_path, url, messages.path, osascript.path)
+    async with RunningRelay(settings) as relay:
+        await wait_for(lambda: relay.inbound.ledger.initialised, what="the first start")
+    # Written while the relay is stopped, so that they go in one batch.
+    first = messages.incoming(HANDLE, text="before")
+    # A tapback whose target Messages did not record: the backend cannot take it.
+    refused = messages.incoming(HANDLE, text=None, associated_type=2000)
+    after = messages.incoming(HANDLE, text="after")
+    other = messages.incoming("+15550002222", text="elsewhere")
+    async with RunningRelay(settings) as relay:
+        await wait_for(
+            lambda: {first, refused, after, other} <= set(relay.inbound.ledger.seen),
+            timeout_s=15,
+            what="every event handled",
+        )
+        report = relay.report()
+    conn = sqlite3.connect(str(db))
+    try:
+        recorded = {guid for (guid,) in conn.execute("SELECT guid FROM inbound_events")}
+    finally:
+        conn.close()
+    assert recorded == {first, after, other}
+    check = report["checks"]["backend_refused"]
+    assert check["parked"] == 1 and check["oldest_guid"] == refused
+    state = sqlite3.connect(str(tmp_path / "state" / "relay-state.db"))
+    try:
+        [(status, reason)] = state.execute("SELECT status, reason FROM inbound_parked").fetchall()
+    finally:
+        state.close()
+    assert status == 400
+    assert reason == (
+        f"event 0 ({refused}): field 'target_guid' is required and must be a non-empty string"
+    )
