@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from edge_relay.config import HealthConfig, SendQueueConfig
-from edge_relay.health import QueueView, judge_queue
+from edge_relay.health import QueueView, depth_high_for, judge_queue
 from edge_relay.ratelimit import SlidingWindowLimiter
 from edge_relay.sendqueue import CommandError, SendQueue
 from edge_relay.state import StateStore
@@ -189,3 +189,25 @@ def test_queue_status_follows_the_design_bounds(depth, high_for, drops, expected
     now = 5000.0
     since = None if high_for is None else now - high_for
     assert judge_queue(QueueView(depth, since, drops), BOUNDS, now) == expected
+
+
+@pytest.mark.parametrize(
+    "depth, high_for, expected",
+    [
+        (50, None, None),  # at the bound, not above it
+        (30, 90.0, None),  # back under the bound: a start not yet cleared does not count
+        (51, None, 0.0),  # above since the queue loop last looked: no start yet
+        (51, 30.0, 30.0),
+        (400, 75.5, 75.5),
+    ],
+)
+def test_depth_high_for_counts_only_while_above_the_critical_bound(depth, high_for, expected):
+    now = 5000.0
+    since = None if high_for is None else now - high_for
+    assert depth_high_for(QueueView(depth, since, 0), BOUNDS, now) == expected
+
+
+def test_a_depth_is_critical_at_once_when_the_bound_allows_no_time():
+    at_once = HealthConfig(depth_critical_after_s=0)
+    assert judge_queue(QueueView(51, None, 0), at_once, 5000.0) == "critical"
+    assert judge_queue(QueueView(51, None, 0), BOUNDS, 5000.0) == "warning"

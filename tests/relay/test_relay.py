@@ -323,6 +323,34 @@ async def test_a_full_queue_drops_counts_and_warns(settings, backend, messages, 
     assert report["status"] == "warning"
 
 
+async def test_health_reports_the_window_its_queue_status_is_judged_on(
+    settings, backend, messages, osascript
+):
+    messages.chat(HANDLE)
+    settings["send_queue"]["max_depth"] = 3
+    settings["rate_limit"]["per_minute"] = 1
+    settings["health"].update(depth_warning=1, depth_critical=1, drops_window_s=3)
+    async with RunningRelay(settings) as relay:
+        # c0 takes the only rate slot; c1 to c3 wait (depth 3, above 1); c4 is dropped.
+        backend.queue_command(send_command("c0", "b0"))
+        await wait_for(lambda: "c0" in backend.results, what="the first send")
+        for number in range(1, 5):
+            backend.queue_command(send_command(f"c{number}", f"b{number}"))
+        await wait_for(lambda: "c4" in backend.results, what="the drop to be reported")
+        deep = relay.report()
+        await asyncio.sleep(3.2)
+        later = relay.report()
+    assert backend.results["c4"]["status"] == "failed"
+    assert (deep["arrivals_recent"], deep["drops_recent"], deep["window_s"]) == (4, 1, 3)
+    assert 0 <= deep["depth_high_for_s"] < 3
+    assert deep["queue_status"] == "warning"
+    # The window slid past every arrival and the drop; the queue is still as deep, for longer.
+    assert (later["arrivals_recent"], later["drops_recent"]) == (0, 0)
+    assert later["send_queue"]["depth"] == 3
+    assert later["depth_high_for_s"] >= deep["depth_high_for_s"] + 3.0
+    assert later["send_queue"]["totalDropped"] == 1
+
+
 async def test_health_json_and_status_codes(settings, backend, messages, tmp_path):
     url = f"http://127.0.0.1:{settings['health']['port']}"
     async with RunningRelay(settings), aiohttp.ClientSession() as session:
@@ -348,6 +376,9 @@ async def test_health_json_and_status_codes(settings, backend, messages, tmp_pat
         "totalExpired": 0,
         "totalUncertain": 0,
     }
+    assert (healthy["drops_recent"], healthy["arrivals_recent"]) == (0, 0)
+    assert healthy["window_s"] == 900
+    assert healthy["depth_high_for_s"] is None
     for name in ("chat_db", "backend", "registered"):
         assert healthy["checks"][name]["ok"] is True
         assert healthy["checks"][name]["detail"]

@@ -44,12 +44,23 @@ def drop_rate(view: QueueView, bounds: HealthConfig) -> Optional[float]:
     return view.drops_recent / offered
 
 
+def depth_high_for(view: QueueView, bounds: HealthConfig, now: float) -> Optional[float]:
+    """Seconds the depth has stayed above the critical bound; None while it is not above.
+
+    A depth that rose since the queue loop last looked has no start yet: it counts as 0 s.
+    """
+    if view.depth <= bounds.depth_critical:
+        return None
+    if view.depth_high_since is None:
+        return 0.0
+    return max(0.0, now - view.depth_high_since)
+
+
 def judge_queue(view: QueueView, bounds: HealthConfig, now: float) -> str:
     depth_status = "healthy"
-    if view.depth > bounds.depth_critical:
-        lasted = view.depth_high_since is not None and (
-            now - view.depth_high_since >= bounds.depth_critical_after_s
-        )
+    high_for = depth_high_for(view, bounds, now)
+    if high_for is not None:
+        lasted = high_for >= bounds.depth_critical_after_s
         depth_status = "critical" if lasted else "warning"
     elif view.depth > bounds.depth_warning:
         depth_status = "warning"

@@ -21,6 +21,7 @@ from edge_relay.health import (
     HealthServer,
     QueueView,
     backend_refused_check,
+    depth_high_for,
     inbound_check,
     judge_queue,
     overall,
@@ -109,13 +110,14 @@ class Relay:
     def report(self) -> Dict[str, Any]:
         now = time.time()
         chat_ok, chat_detail = self.health_chat_db.check()
-        since = now - self.config.health.drops_window_s
+        window_s = self.config.health.drops_window_s
+        since = now - window_s
         drops = self.store.recent_drops(since)
+        arrivals = self.store.recent_arrivals(since)
         figures = self.queue.figures()
-        view = QueueView(
-            figures["depth"], self.depth_high_since, drops, self.store.recent_arrivals(since)
-        )
+        view = QueueView(figures["depth"], self.depth_high_since, drops, arrivals)
         queue_status = judge_queue(view, self.config.health, now)
+        high_for = depth_high_for(view, self.config.health, now)
         parked_now, oldest_parked = parked.summary(self.store.conn)
         checks = {
             "chat_db": {"ok": chat_ok, "detail": chat_detail},
@@ -142,7 +144,11 @@ class Relay:
             "inbound": {"parked": parked_now, "totalParked": parked.total(self.store.conn)},
             "checks": checks,
             "queue_status": queue_status,
+            # The figures the queue status was judged on, so that a gate judges them alike.
             "drops_recent": drops,
+            "arrivals_recent": arrivals,
+            "window_s": window_s,
+            "depth_high_for_s": None if high_for is None else round(high_for, 3),
         }
 
     # Lifecycle
