@@ -10,9 +10,9 @@ description:
     fleet's bounds, the gate a rolling deploy waits on before it moves to the next shard.
   - Judges the relay's checks (chat.db readable, backend reachable, registered, Messages
     sending, GUI session), the send queue's depth now and how long it has stayed high, the
-    drops the relay counted in its recent window (C(drops_recent)), and the drop rate seen
-    while waiting. A depth or a drop that is long past does not count; the totals since the
-    queue was created are only used for the rate while waiting.
+    drops the relay counted in its recent window (C(drops_recent)), and the drop rate over
+    that window. A depth or a drop that is long past does not count; the totals since the
+    queue was created are only used for the rate of an older relay (see the notes).
   - Each verdict is C(healthy), C(warning) or C(critical) (C(unreachable) when the relay does
     not answer). The gate passes on C(healthy), or on C(warning) too with O(allow_warning).
   - Polls until the relay passes or O(timeout) seconds have passed (monotonic clock), and
@@ -83,8 +83,9 @@ options:
     default: 50
   depth_critical_after:
     description:
-      - Seconds the depth must stay above O(depth_warning), read after read, before it is
-        critical; 0 makes any such depth critical at once.
+      - Seconds the depth must stay above O(depth_warning) before it is critical, as the relay
+        measures it (C(depth_high_for_s)), or read after read for an older relay (see the
+        notes); 0 makes any such depth critical at once.
     type: float
     default: 60
   drops_healthy:
@@ -97,10 +98,22 @@ options:
     default: 5
   drop_rate_warning:
     description:
-      - Drop rate (sends dropped over sends enqueued while waiting, 0 to 1) from which the relay
-        is critical; a rate below it that is not zero is a warning.
+      - Drop rate (0 to 1) from which the relay is critical; a rate below it that is not zero
+        is a warning.
+      - The rate is the drops of the relay's recent window over the sends offered in it
+        (C(drops_recent) over C(drops_recent) + C(arrivals_recent)); for an older relay, the
+        sends dropped over the sends enqueued while waiting.
     type: float
     default: 0.01
+  drop_rate_min_sample:
+    description:
+      - Fewest sends offered in the relay's recent window (C(drops_recent) +
+        C(arrivals_recent)) for the drop rate to be judged; with fewer, one drop would already
+        be 1% or more. The drops are still judged by their count (O(drops_warning)).
+      - The relay's own bound, C(health.drop_rate_min_sample), is 100 by default too. An older
+        relay's rate, measured while waiting, has no minimum.
+    type: int
+    default: 100
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -113,12 +126,22 @@ attributes:
     platforms: darwin
 notes:
   - The defaults are the fleet's bounds; each can be set. The relay counts C(drops_recent)
-    over its own window, C(health.drops_window_s) of its configuration (15 minutes by
-    default), so the window is set there, not here.
-  - The relay reports totals for the rate, not the sends of its window, so the drop rate is
-    measured between the first and the last read of this module, and a depth's duration from
-    the first read that saw it high. A single read (O(timeout=0)) therefore never finds a deep
-    queue critical, only a warning.
+    and C(arrivals_recent) over its own window, C(health.drops_window_s) of its configuration
+    (15 minutes by default, reported as C(window_s)), so the window is set there, not here.
+  - A relay that reports its window's figures, C(arrivals_recent) and C(depth_high_for_s)
+    beside C(drops_recent), is judged by them, as it judges itself. The drop rate is the
+    window's, judged once at least O(drop_rate_min_sample) sends were offered in it, and a
+    deep queue's duration is C(depth_high_for_s), so a single read (O(timeout=0)) finds a
+    queue that has long been deep critical. RV(judged_on) is then C(relay_window).
+  - The relay measures C(depth_high_for_s) above its own C(health.depth_critical) bound; keep
+    O(depth_warning) equal to it (both are 50 by default). A depth above O(depth_warning) for
+    which the relay reports no duration (its bound is higher) is timed from this module's
+    first read that saw it.
+  - An older relay reports neither figure, and is judged by this module's own measurement.
+    The drop rate is taken from the relay's totals (C(totalEnqueued), C(totalDropped))
+    between the first and the last read, and a depth's duration from the first read that saw
+    it high, so a single read never finds a deep queue critical, only a warning.
+    RV(judged_on) is then C(reads).
   - In check mode nothing is read, since the relay may not run yet (or runs an older
     release) before the real run; the result says so and RV(skipped) is true. A port that
     cannot be found yet (no ports file, the shard not in it) is reported, not a failure.
@@ -178,6 +201,18 @@ health:
     shard_id: sage-01
     send_queue: {depth: 0, totalEnqueued: 1542, totalDelivered: 1539, totalDropped: 0}
     drops_recent: 0
+    arrivals_recent: 212
+    window_s: 900
+    depth_high_for_s: null
+judged_on:
+  description:
+    - How the queue's recent past was judged at the last read. C(relay_window) when by the
+      figures of the relay's window (C(arrivals_recent), C(depth_high_for_s)); C(reads) when
+      by this module's measurement between its reads, for an older relay that lacks them.
+    - Null when the relay did not answer.
+  returned: unless skipped
+  type: str
+  sample: relay_window
 port:
   description: The health port read; null in check mode when it cannot be found yet.
   returned: always
@@ -196,6 +231,7 @@ skipped:
 """
 
 import json  # noqa: E402  (Ansible keeps the documentation first)
+import math  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
@@ -210,6 +246,8 @@ TOO_OLD_FOR_PID = (
     "the relay is too old to report its pid (its /health has no pid): upgrade the relay, "
     "or leave pid out"
 )
+# Reported beside drops_recent by a relay that judges its own window: the gate judges them too.
+WINDOW_FIGURES = ("arrivals_recent", "depth_high_for_s")
 
 
 class PortUnknown(Exception):
@@ -285,10 +323,17 @@ def count(value):
     return value if isinstance(value, int) and value >= 0 else None
 
 
+def duration(value):
+    """A figure of the relay's JSON as seconds (a finite number of 0 or more), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
 class Gate:
-    """Reads /health and judges it, keeping what the judgement of the recent past needs:
-    the totals of the first read (the drop rate spans the wait) and since when the queue
-    has been too deep."""
+    """Reads /health and judges it by the figures of the relay's recent window when it reports
+    them; for an older relay, keeps what measuring that past itself needs: the totals of the
+    first read (the drop rate spans the wait) and since when the queue has been too deep."""
 
     def __init__(self, module, port):
         self.module = module
@@ -297,6 +342,7 @@ class Gate:
         self.first_totals = None
         self.deep_since = None
         self.passing_since = None
+        self.judged_on = None
 
     def read(self):
         try:
@@ -333,6 +379,17 @@ class Gate:
                 return 0
             return value
 
+        def seconds(key):
+            """The relay's figure ``key`` in seconds; None when it is null or not seconds."""
+            if health.get(key) is None:
+                return None
+            value = duration(health[key])
+            if value is None:
+                worse("critical", f"the relay reported {key} as {health[key]!r}, not seconds")
+            return value
+
+        window = all(key in health for key in WINDOW_FIGURES)
+        self.judged_on = "relay_window" if window else "reads"
         hopeless = False
         if p["shard_id"] and health.get("shard_id") not in (None, p["shard_id"]):
             worse("critical", f"the relay on this port is shard {health.get('shard_id')}")
@@ -352,10 +409,12 @@ class Gate:
         queue = health.get("send_queue")
         queue = queue if isinstance(queue, dict) else {}
         depth = figure(queue, "depth", "send_queue.depth")
+        high_for = seconds("depth_high_for_s") if window else None
         if depth > p["depth_warning"]:
             if self.deep_since is None:
                 self.deep_since = at
-            lasted = at - self.deep_since
+            # The relay's own duration when it has one: it saw the depth rise, between reads too.
+            lasted = at - self.deep_since if high_for is None else high_for
             if lasted >= p["depth_critical_after"]:
                 worse(
                     "critical",
@@ -379,6 +438,18 @@ class Gate:
         elif drops > p["drops_healthy"]:
             worse("warning", f"{drops} sends dropped recently, more than {p['drops_healthy']}")
 
+        if window:
+            # The relay's rate: the window's drops over the sends offered in it.
+            offered = drops + figure(health, "arrivals_recent", "arrivals_recent")
+            span = seconds("window_s")
+            if drops > 0 and offered >= p["drop_rate_min_sample"]:
+                rate = drops / offered
+                level = "critical" if rate >= p["drop_rate_warning"] else "warning"
+                where = f"the relay's last {span:g} s" if span else "the relay's recent window"
+                worse(level, f"{drops} of {offered} sends offered in {where} dropped ({rate:.1%})")
+            return status, reasons, hopeless
+
+        # An older relay reports totals only: the rate is measured over this module's wait.
         totals = (
             figure(queue, "totalEnqueued", "send_queue.totalEnqueued"),
             figure(queue, "totalDropped", "send_queue.totalDropped"),
@@ -402,6 +473,7 @@ class Gate:
                 "reasons": [problem],
                 "health": None,
                 "hopeless": False,
+                "judged_on": None,
                 "at": at,
             }
         status, reasons, hopeless = self.judge(health, at)
@@ -410,6 +482,7 @@ class Gate:
             "reasons": reasons,
             "health": health,
             "hopeless": hopeless,
+            "judged_on": self.judged_on,
             "at": at,
         }
 
@@ -431,7 +504,13 @@ def check_bounds(module):
         module.fail_json(msg=f"pid {p['pid']} is not a process id (1 or more).")
     negative = [
         name
-        for name in ("depth_healthy", "depth_warning", "drops_healthy", "drops_warning")
+        for name in (
+            "depth_healthy",
+            "depth_warning",
+            "drops_healthy",
+            "drops_warning",
+            "drop_rate_min_sample",
+        )
         if p[name] < 0
     ]
     if negative:
@@ -471,6 +550,7 @@ def argument_spec():
         drops_healthy=dict(type="int", default=0),
         drops_warning=dict(type="int", default=5),
         drop_rate_warning=dict(type="float", default=0.01),
+        drop_rate_min_sample=dict(type="int", default=100),
     )
 
 
@@ -521,6 +601,7 @@ def main():
         status=verdict["status"],
         reasons=verdict["reasons"],
         health=verdict["health"],
+        judged_on=verdict["judged_on"],
         elapsed=round(result.elapsed, 2),
     )
     if not result.ready:

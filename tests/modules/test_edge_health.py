@@ -12,6 +12,7 @@ from module_support import run_module
 
 
 def health(status="healthy", depth=0, enqueued=100, dropped=0, drops_recent=0, **extra):
+    """/health of an older relay: no figures of its window beside drops_recent."""
     body = {
         "status": status,
         "version": "0.2.0",
@@ -31,6 +32,16 @@ def health(status="healthy", depth=0, enqueued=100, dropped=0, drops_recent=0, *
     }
     body.update(extra)
     return body
+
+
+def windowed(arrivals_recent=100, window_s=900.0, depth_high_for_s=None, **given):
+    """/health of a relay that reports the window its queue status is judged on."""
+    return health(
+        arrivals_recent=arrivals_recent,
+        window_s=window_s,
+        depth_high_for_s=depth_high_for_s,
+        **given,
+    )
 
 
 class Relay:
@@ -260,6 +271,84 @@ def test_drops_while_waiting_are_a_rate(relay):
     assert result.failed
     assert "5 of 200 sends dropped while waiting (2.5%)" in result["msg"]
     assert result["status"] == "critical"
+    assert result["judged_on"] == "reads"
+
+
+def test_one_read_finds_a_queue_the_relay_saw_deep_for_long_critical(relay):
+    relay.bodies = [windowed(depth=73, depth_high_for_s=75.0, status="critical")]
+    result = run(port=relay.port, timeout=0)
+    assert result.failed
+    assert result["status"] == "critical"
+    assert result["judged_on"] == "relay_window"
+    assert result["reasons"] == ["send queue depth 73 is above 50, and has been for 75.0 s"]
+    assert relay.reads == 1
+
+    relay.bodies = [windowed(depth=73, depth_high_for_s=12.0)]
+    recent = run(port=relay.port, timeout=0)
+    assert recent["status"] == "warning"
+    assert "send queue depth 73 is above 50 (critical if it stays so for 60 s)" in recent["msg"]
+    assert run(port=relay.port, timeout=0, depth_critical_after=10)["status"] == "critical"
+
+
+def test_a_depth_the_relay_does_not_time_is_timed_from_the_first_read(relay):
+    # The gate's bound (30) is below the relay's (50): the relay reports no duration for 40.
+    relay.bodies = [windowed(depth=40, depth_high_for_s=None)]
+    once = run(port=relay.port, timeout=0, depth_warning=30)
+    assert once["status"] == "warning"
+    assert "(critical if it stays so for 60 s)" in once["msg"]
+    lasting = run(port=relay.port, timeout=0.5, depth_warning=30, depth_critical_after=0.2)
+    assert lasting["status"] == "critical"
+    assert re.search(r"depth 40 is above 30, and has been for 0\.[2-9] s", lasting["msg"])
+
+
+def test_the_drop_rate_is_the_relay_window_s(relay):
+    # Three drops are only a warning by their count; over 100 sends offered they are 3%.
+    relay.bodies = [windowed(drops_recent=3, arrivals_recent=97)]
+    result = run(port=relay.port, timeout=0, allow_warning=True)
+    assert result.failed
+    assert result["status"] == "critical"
+    assert result["judged_on"] == "relay_window"
+    assert result["reasons"] == [
+        "3 sends dropped recently, more than 0",
+        "3 of 100 sends offered in the relay's last 900 s dropped (3.0%)",
+    ]
+    assert relay.reads == 1
+
+    relay.bodies = [windowed(drops_recent=3, arrivals_recent=997)]
+    low = run(port=relay.port, timeout=0, allow_warning=True)
+    assert not low.failed, low["msg"]
+    assert "3 of 1000 sends offered in the relay's last 900 s dropped (0.3%)" in low["reasons"]
+
+
+def test_the_relay_window_s_totals_since_creation_do_not_count(relay):
+    # Totals that grew by 5 drops while waiting: an older relay's measure, not the window's.
+    relay.bodies = [windowed(enqueued=100), windowed(enqueued=300, dropped=5)]
+    result = run(port=relay.port, timeout=0.3, stable_for=0.2)
+    assert not result.failed, result["msg"]
+    assert result["reasons"] == []
+
+
+def test_a_small_window_is_judged_by_its_drops_count_only(relay):
+    relay.bodies = [windowed(drops_recent=1, arrivals_recent=9)]
+    result = run(port=relay.port, timeout=0, allow_warning=True)
+    assert not result.failed, result["msg"]
+    assert result["reasons"] == ["1 sends dropped recently, more than 0"]
+    every = run(port=relay.port, timeout=0, allow_warning=True, drop_rate_min_sample=0)
+    assert every["status"] == "critical"
+    assert "1 of 10 sends offered in the relay's last 900 s dropped (10.0%)" in every["msg"]
+
+
+def test_window_figures_that_are_not_figures_are_named(relay):
+    relay.bodies = [windowed(depth=80, depth_high_for_s="long", arrivals_recent=-3, window_s=[])]
+    result = run(port=relay.port, timeout=0)
+    assert result.failed
+    assert result["status"] == "critical"
+    assert result["reasons"] == [
+        "the relay reported depth_high_for_s as 'long', not seconds",
+        "send queue depth 80 is above 50 (critical if it stays so for 60 s)",
+        "the relay reported arrivals_recent as -3, not a count",
+        "the relay reported window_s as [], not seconds",
+    ]
 
 
 def test_failed_check_is_named_with_its_detail(relay):
@@ -303,6 +392,7 @@ def test_no_relay_listening_says_so(relay):
     assert result.failed
     assert result["status"] == "unreachable"
     assert f"no answer from http://127.0.0.1:{port}/health" in result["msg"]
+    assert result["judged_on"] is None
 
 
 def test_port_from_the_ports_file_by_shard_id(relay, tmp_path):
@@ -343,6 +433,7 @@ def test_check_mode_reads_nothing(relay):
     [
         (dict(depth_healthy=60, depth_warning=50), "healthy bound must be at most its warning"),
         (dict(drops_healthy=-1), "drops_healthy must be 0 or more."),
+        (dict(drop_rate_min_sample=-1), "drop_rate_min_sample must be 0 or more."),
         (dict(drop_rate_warning=0), "drop_rate_warning 0 is not a rate"),
         (dict(drop_rate_warning=1.5), "drop_rate_warning 1.5 is not a rate"),
         (dict(depth_critical_after=-1), "depth_critical_after must be 0 or more seconds."),

@@ -26,6 +26,13 @@ def report(depth=0, drops_recent=0, enqueued=100, dropped=0, **extra):
     return body
 
 
+def windowed(arrivals_recent=100, depth_high_for_s=None, **given):
+    """A report of a relay that gives the figures of its window beside drops_recent."""
+    return report(
+        arrivals_recent=arrivals_recent, window_s=900.0, depth_high_for_s=depth_high_for_s, **given
+    )
+
+
 def judge(body, at=0.0, **params):
     return edge_health.Gate(Params(**params), 47101).judge(body, at)
 
@@ -44,6 +51,46 @@ def test_each_bound_is_settable():
     assert judge(report(depth=60), depth_warning=60, depth_critical_after=0)[0] == "warning"
     assert judge(report(drops_recent=2), drops_healthy=2)[0] == "healthy"
     assert judge(report(drops_recent=6), drops_warning=6)[0] == "warning"
+
+
+def test_relay_window_depth_duration_is_judged_from_one_read():
+    status, reasons = judge(windowed(depth=60, depth_high_for_s=61.0))[:2]
+    assert status == "critical"
+    assert reasons == ["send queue depth 60 is above 50, and has been for 61.0 s"]
+    assert judge(windowed(depth=60, depth_high_for_s=59.0))[0] == "warning"
+    # An older relay's single read cannot tell how long the queue has been deep.
+    assert judge(report(depth=60, depth_high_for_s=61.0))[0] == "warning"
+
+
+def test_relay_window_drop_rate_with_its_minimum_sample():
+    status, reasons = judge(windowed(drops_recent=2, arrivals_recent=98), drops_warning=9)[:2]
+    assert status == "critical"
+    assert reasons == [
+        "2 sends dropped recently, more than 0",
+        "2 of 100 sends offered in the relay's last 900 s dropped (2.0%)",
+    ]
+    assert judge(windowed(drops_recent=2, arrivals_recent=97), drops_warning=9)[0] == "warning"
+    small = windowed(drops_recent=2, arrivals_recent=97)
+    assert judge(small, drops_warning=9, drop_rate_min_sample=99)[0] == "critical"
+
+
+def test_older_relay_rate_is_measured_between_reads():
+    gate = edge_health.Gate(Params(), 47101)
+    assert gate.judge(report(enqueued=100), 0.0)[0] == "healthy"
+    status, reasons = gate.judge(report(enqueued=300, dropped=5), 1.0)[:2]
+    assert (status, gate.judged_on) == ("critical", "reads")
+    assert reasons == ["5 of 200 sends dropped while waiting (2.5%)"]
+
+    windowed_gate = edge_health.Gate(Params(), 47101)
+    windowed_gate.judge(windowed(enqueued=100), 0.0)
+    assert windowed_gate.judge(windowed(enqueued=300, dropped=5), 1.0)[:2] == ("healthy", [])
+    assert windowed_gate.judged_on == "relay_window"
+
+
+def test_durations_are_finite_seconds():
+    assert [edge_health.duration(v) for v in (0, 2, 61.5)] == [0.0, 2.0, 61.5]
+    bad = (True, -1, "3", None, float("inf"), float("nan"))
+    assert [edge_health.duration(v) for v in bad] == [None] * 6
 
 
 def test_failed_check_is_critical_with_its_detail():
