@@ -1,0 +1,68 @@
+"""deploy.yml refuses bad roll-out settings on the controller, before any Mac is contacted.
+
+The inventory's Macs point at a closed port: a test that reached them would fail differently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = REPO / "playbooks" / "deploy.yml"
+MISSING_WHEEL = "/nonexistent/edge_relay-0.2.0-py3-none-any.whl"
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inventory") / "hosts.yml"
+    hosts = {f"mini-0{n}": {"ansible_host": "127.0.0.1", "ansible_port": 1} for n in (1, 2)}
+    path.write_text(json.dumps({"mac_minis": {"hosts": hosts}}))
+    return path
+
+
+def deploy(inventory, extra):
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
+    argv += [str(PLAYBOOK), "-e", f"relay_wheel={MISSING_WHEEL}", "-e", json.dumps(extra)]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"deploy_health_timeout": "x"}, "deploy_health_timeout must be a number of seconds"),
+        ({"deploy_health_timeout": -1}, "deploy_health_timeout must be a number of seconds"),
+        ({"deploy_drain_timeout": 0}, "deploy_drain_timeout must be a number of seconds above 0"),
+        ({"deploy_health_stable_for": "soon"}, "deploy_health_stable_for must be a number"),
+        ({"deploy_serial": "abc"}, "deploy_serial must be a batch size"),
+        ({"deploy_serial": [1, "0%"]}, "deploy_serial must be a batch size"),
+        ({"deploy_serial": []}, "deploy_serial must be a batch size"),
+        ({"deploy_max_fail_percentage": 200}, "deploy_max_fail_percentage must be a whole number"),
+        ({"deploy_releases_keep": 0}, "deploy_releases_keep must be a whole number"),
+        ({"deploy_hosts": "mini-09"}, "deploy_hosts mini-09 names no Mac of the inventory"),
+    ],
+)
+def test_bad_settings_stop_before_any_mac(inventory, extra, message):
+    rc, output = deploy(inventory, extra)
+    assert rc != 0
+    assert message in output
+    assert "No Mac was touched" in output
+    assert "mini-01" not in output.split("PLAY RECAP")[-1]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"deploy_serial": 2}, {"deploy_serial": "50%"}, {"deploy_serial": [1, 3, "100%"]}],
+)
+def test_good_settings_pass_on_to_the_release_check(inventory, extra):
+    rc, output = deploy(inventory, extra)
+    assert rc != 0
+    assert "is missing or not a wheel" in output
+    assert "must be" not in output
