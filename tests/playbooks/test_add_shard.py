@@ -4,6 +4,11 @@ lab."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 SHARD = {
@@ -13,6 +18,9 @@ SHARD = {
     "target_host": "mini-01",
 }
 USER = "edge_sage_01"
+# Builds relay wheels of other versions from the collection's sources.
+REPO = Path(__file__).resolve().parents[2]
+RELEASE_SCRIPT = REPO / "extensions" / "molecule" / "rolling" / "relay_release.py"
 
 
 def request(**changes: str) -> dict[str, str]:
@@ -57,6 +65,19 @@ def test_bad_input_stops_before_anything_changes(lab, changes, message):
     assert run.rc != 0, run.output
     assert message in run.output, run.output
     assert "Traceback" not in run.output
+    assert_nothing_changed(lab)
+
+
+def test_a_mac_without_the_command_line_tools_stops_with_instructions(lab):
+    lab.edge_lab("clt", "remove", "mini-01")
+    try:
+        run = lab.playbook(**request())
+    finally:
+        lab.edge_lab("clt", "install", "mini-01")
+    assert run.rc != 0
+    assert "python3 on mini-01 (/usr/bin/python3) does not run" in run.output, run.output
+    assert "xcode-select --install" in run.output
+    assert "Traceback" not in run.output and "deserialization" not in run.output
     assert_nothing_changed(lab)
 
 
@@ -141,3 +162,39 @@ def test_check_mode_on_a_serving_shard_changes_nothing(lab):
     run = lab.playbook(check_mode=True, **request())
     assert run.rc == 0, run.output
     assert run.recap("mini-01")["changed"] == 0, run.output
+
+
+def current_release(lab, user: str) -> str:
+    link = f"/Users/{user}/Library/Application Support/edge-relay/current"
+    return os.path.basename(os.readlink(lab.host_path("mini-01", link)))
+
+
+def test_after_a_deploy_shards_keep_and_join_the_deployed_release(lab, tmp_path):
+    built = subprocess.run(
+        [sys.executable, str(RELEASE_SCRIPT), str(tmp_path), "0.2.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    wheel = built.stdout.strip().splitlines()[-1]
+    deployed = lab.playbook(playbook="deploy.yml", relay_wheel=wheel)
+    assert deployed.rc == 0, deployed.output
+    assert current_release(lab, USER).startswith("0.2.0-")
+
+    # A rerun of add_shard on the serving shard does not take it back to the collection's build.
+    rerun = lab.playbook(**request())
+    assert rerun.rc == 0, rerun.output
+    assert rerun.recap("mini-01")["changed"] == 0, rerun.output
+    assert current_release(lab, USER).startswith("0.2.0-")
+
+    # A new shard on that Mac joins the release its shards run.
+    second = request(shard_number="2", phone_number="+15551230002")
+    stopped = lab.playbook(**second)
+    assert stopped.rc != 0 and "edge-lab gui login" in stopped.output, stopped.output
+    lab.edge_lab("gui", "login", "mini-01", "edge_sage_02")
+    lab.edge_lab("imessage", "signin", "mini-01", "edge_sage_02", "+15551230002")
+    lab.edge_lab("grant", "automation", "mini-01", "edge_sage_02")
+    added = lab.playbook(**second)
+    assert added.rc == 0, added.output
+    assert current_release(lab, "edge_sage_02") == current_release(lab, USER)

@@ -102,6 +102,18 @@ def test_removes_the_shard_and_keeps_its_user(lab):
     assert lab.has_user("mini-01", LIFECYCLE_USER)
 
 
+def test_add_shard_refuses_the_disabled_shard_before_anything_changes(lab):
+    agents = lab.host_path("mini-01", f"/Users/{LIFECYCLE_USER}/Library/LaunchAgents")
+    before = sorted(agents.iterdir())
+    run = lab.playbook(**LIFECYCLE_SHARD)
+    assert run.rc != 0
+    assert "shard lifecycle-01 is disabled in the backend" in run.output, run.output
+    assert "delete_row=true" in run.output
+    assert state(lab) == "disabled"
+    assert sorted(agents.iterdir()) == before
+    assert not job_loaded(lab)
+
+
 def test_rerun_changes_nothing(lab):
     run = remove(lab)
     assert run.rc == 0, run.output
