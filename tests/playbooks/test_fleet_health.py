@@ -3,6 +3,7 @@ shard reported without failing, and the capacity plan beside the fleet."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -95,7 +96,9 @@ def test_capacity_refuses_bad_counts(lab, users):
     run = lab.playbook("-e", users, playbook="capacity.yml")
     assert run.rc != 0
     assert "users must" in run.output, run.output
-    assert "Traceback" not in run.output
+    count = json.loads(users)["capacity_users"]["lifecycle"]
+    assert f"Not a number of users: lifecycle: {count}." in run.output, run.output
+    assert "Traceback" not in run.output and "Finalization" not in run.output
 
 
 def test_capacity_needs_user_counts(lab):
