@@ -52,6 +52,8 @@ options:
         job) and not an earlier one still answering on the port.
       - A relay whose C(/health) has no C(pid) is too old to report it; the module then fails
         at once, saying so. Leave O(pid) out for such a relay.
+      - Once that process has exited (a release that crashes on start, which launchd starts
+        again under another pid), the module fails at once instead of waiting out O(timeout).
     type: int
   timeout:
     description: Seconds to wait for the relay to pass; 0 judges once.
@@ -232,6 +234,7 @@ skipped:
 
 import json  # noqa: E402  (Ansible keeps the documentation first)
 import math  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
@@ -248,6 +251,17 @@ TOO_OLD_FOR_PID = (
 )
 # Reported beside drops_recent by a relay that judges its own window: the gate judges them too.
 WINDOW_FIGURES = ("arrivals_recent", "depth_high_for_s")
+
+
+def process_exists(pid):
+    """Whether a process with this id is alive (the module runs as root on the Mac)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class PortUnknown(Exception):
@@ -466,6 +480,21 @@ class Gate:
 
     def probe(self):
         at = time.monotonic()
+        started = self.params["pid"]
+        if started is not None and not process_exists(started):
+            # launchd starts the job again only after its ThrottleInterval, under another pid:
+            # the process this gate was asked to judge can no longer pass.
+            return {
+                "status": "critical",
+                "reasons": [
+                    f"the relay started as pid {started} has exited: read the relay's log "
+                    "(~/Library/Logs/edge-relay/relay.log of the shard's user) for why"
+                ],
+                "health": None,
+                "hopeless": True,
+                "judged_on": None,
+                "at": at,
+            }
         health, problem = self.read()
         if health is None:
             return {

@@ -1,7 +1,10 @@
 """archety.edge.edge_health against a real HTTP server on 127.0.0.1 serving crafted /health."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from ansible_collections.archety.edge.plugins.modules import edge_health
 from module_support import run_module
+
+# A process that is alive for the whole test: the pid the gate is asked to judge.
+STARTED = os.getpid()
 
 
 def health(status="healthy", depth=0, enqueued=100, dropped=0, drops_recent=0, **extra):
@@ -188,27 +194,37 @@ def test_drop_rate_bound_is_settable(relay):
 
 
 def test_pid_of_the_process_started_passes(relay):
-    relay.bodies = [health(pid=4243)]
-    result = run(port=relay.port, timeout=0, pid=4243)
-    assert not result.failed, result["msg"]
-    assert result["health"]["pid"] == 4243
+    relay.bodies = [health(pid=STARTED)]
+    result = run(port=relay.port, timeout=0, pid=STARTED)
+    assert not result.failed, result
+    assert result["health"]["pid"] == STARTED
 
 
 def test_another_pid_is_waited_on_until_the_started_process_answers(relay):
-    relay.bodies = [health(pid=4100), health(pid=4100), health(pid=4243)]
-    assert not run(port=relay.port, timeout=2, pid=4243).failed
-    assert relay.reads == 3
+    relay.bodies = [health(pid=4100), health(pid=4100), health(pid=STARTED)]
+    assert not run(port=relay.port, timeout=2, pid=STARTED).failed
 
     relay.bodies, relay.reads = [health(pid=4100)], 0
-    result = run(port=relay.port, timeout=0.3, pid=4243)
+    result = run(port=relay.port, timeout=0.3, pid=STARTED)
     assert result.failed
-    assert "the relay answering is pid 4100, not 4243" in result["msg"]
-    assert relay.reads > 1
+    assert f"the relay answering is pid 4100, not {STARTED}" in result["msg"]
+
+
+def test_a_started_process_that_exited_fails_at_once(relay):
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    relay.bodies = [health(pid=4100)]
+    started = time.monotonic()
+    result = run(port=relay.port, timeout=30, pid=exited.pid)
+    assert result.failed
+    assert f"the relay started as pid {exited.pid} has exited" in result["msg"]
+    assert time.monotonic() - started < 10
+    assert relay.reads == 0
 
 
 def test_relay_without_pid_is_too_old_and_fails_at_once(relay):
     started = time.monotonic()
-    result = run(port=relay.port, timeout=5, pid=4243)
+    result = run(port=relay.port, timeout=5, pid=STARTED)
     assert time.monotonic() - started < 2
     assert result.failed
     assert relay.reads == 1
