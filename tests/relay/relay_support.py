@@ -53,8 +53,12 @@ class Messages:
 
     def __init__(self, path: Path, schema: str):
         self.path = path
-        with sqlite3.connect(str(path)) as conn:
+        # Closed at once, as every connection here: a test decides who holds chat.db open.
+        conn = sqlite3.connect(str(path))
+        try:
             conn.executescript(schema)
+        finally:
+            conn.close()
 
     def _write(self, sql: str, params: tuple) -> int:
         conn = sqlite3.connect(str(self.path))

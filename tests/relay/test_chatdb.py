@@ -1,14 +1,21 @@
-"""Reading chat.db: attributedBody, dates, read-only short transactions, older schemas."""
+"""Reading chat.db: attributedBody, dates, read-only short transactions, older schemas, and one
+connection kept between reads that follows a replaced chat.db or WAL."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
+import time
+from pathlib import Path
 
 import pytest
 from edge_relay.body import BodyError, decode_attributed_body
 from edge_relay.chatdb import ChatDB, ChatDBError, apple_date_to_iso, message_text, row_event
 from relay_support import Messages
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
 
 
 @pytest.mark.parametrize(
@@ -123,3 +130,117 @@ def test_an_unreadable_chat_db_says_what_to_check(tmp_path):
         db.max_rowid()
     ok, detail = db.check()
     assert not ok and "Full Disk Access" in detail
+
+
+def wal_mode(path: Path) -> None:
+    conn = sqlite3.connect(str(path))
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+
+
+class FolderEvents(FileSystemEventHandler):
+    """Every event the folder watch reports about chat.db and the files beside it."""
+
+    def __init__(self, folder: Path):
+        self.seen: list = []
+        self.observer = Observer()
+        self.observer.schedule(self, str(folder), recursive=False)
+
+    def on_any_event(self, event) -> None:
+        name = os.path.basename(os.fsdecode(event.src_path))
+        if not event.is_directory and name.startswith("chat.db"):
+            self.seen.append((event.event_type, name))
+
+    def __enter__(self):
+        self.observer.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        time.sleep(0.3)  # events of the last read are delivered
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+
+def test_reads_after_the_first_leave_the_messages_folder_untouched(messages: Messages):
+    # Messages has quit: no connection but the relay's is open on chat.db.
+    wal_mode(messages.path)
+    messages.incoming("+15550001111", text="one")
+    db = ChatDB(str(messages.path))
+    assert len(db.scan(0)) == 1
+    with FolderEvents(messages.path.parent) as events:
+        for _ in range(10):
+            db.scan(0)
+            db.max_rowid()
+    assert events.seen == []
+    assert db.reads == 21
+
+
+def test_the_wal_stays_while_the_relay_reads_and_goes_once_it_closes(messages: Messages):
+    wal_mode(messages.path)
+    wal = Path(str(messages.path) + "-wal")
+    db = ChatDB(str(messages.path))
+    db.scan(0)
+    # Messages writes and closes its connection: the relay's keeps the WAL from going, so no
+    # read has to make it again.
+    guid = messages.incoming("+15550001111", text="one")
+    assert wal.exists()
+    assert [m.guid for m in db.scan(0)] == [guid]
+    db.close()
+    messages.incoming("+15550001111", text="two")
+    assert not wal.exists()  # the last connection to close took it
+
+
+def test_a_replaced_chat_db_is_read_from_the_new_file(messages: Messages, tmp_path: Path):
+    db = ChatDB(str(messages.path))
+    first = messages.incoming("+15550001111", text="one")
+    assert [m.guid for m in db.scan(0)] == [first]
+    # chat.db replaced by another file (a restore, a rebuild): another inode at the same path.
+    copy = tmp_path / "chat.db.new"
+    shutil.copyfile(messages.path, copy)
+    conn = sqlite3.connect(str(copy))
+    with conn:
+        conn.execute(
+            "INSERT INTO message (guid, text, handle_id) SELECT 'RESTORED-1', 'back', handle_id "
+            "FROM message WHERE guid = ?",
+            (first,),
+        )
+    conn.close()
+    os.replace(copy, messages.path)
+    assert [m.guid for m in db.scan(0)] == [first, "RESTORED-1"]
+
+
+def test_a_replaced_wal_is_read_at_once(messages: Messages):
+    wal_mode(messages.path)
+    wal = Path(str(messages.path) + "-wal")
+    db = ChatDB(str(messages.path))
+    first = messages.incoming("+15550001111", text="one")
+    assert [m.guid for m in db.scan(0)] == [first]
+    conn = sqlite3.connect(str(messages.path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    fresh = wal.with_name("chat.db-wal.new")
+    fresh.write_bytes(b"")
+    os.replace(fresh, wal)
+    second = messages.incoming("+15550001111", text="two")
+    # The next read opens the new WAL, rather than failing on (or reading) the one it held.
+    assert [m.guid for m in db.scan(0)] == [first, second]
+
+
+def test_reads_recover_once_chat_db_is_readable_again(messages: Messages, tmp_path: Path):
+    wal_mode(messages.path)
+    db = ChatDB(str(messages.path))
+    first = messages.incoming("+15550001111", text="one")
+    assert [m.guid for m in db.scan(0)] == [first]
+    hidden = tmp_path / "Messages-hidden"
+    messages.path.parent.rename(hidden)
+    try:
+        with pytest.raises(ChatDBError, match="Full Disk Access"):
+            db.scan(0)
+        ok, detail = db.check()
+        assert not ok and "Full Disk Access" in detail
+    finally:
+        hidden.rename(messages.path.parent)
+    second = messages.incoming("+15550001111", text="two")
+    assert [m.guid for m in db.scan(0)] == [first, second]
+    assert db.check() == (True, "readable, newest message row 2")

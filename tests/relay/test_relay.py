@@ -353,7 +353,8 @@ async def test_health_reports_the_window_its_queue_status_is_judged_on(
 
 async def test_health_json_and_status_codes(settings, backend, messages, tmp_path):
     url = f"http://127.0.0.1:{settings['health']['port']}"
-    async with RunningRelay(settings), aiohttp.ClientSession() as session:
+    async with RunningRelay(settings) as relay, aiohttp.ClientSession() as session:
+        await wait_for(lambda: relay.chat_db.reads, what="a first read of chat.db")
         async with session.get(url + "/health") as response:
             assert response.status == 200
             healthy = await response.json()
@@ -386,6 +387,9 @@ async def test_health_json_and_status_codes(settings, backend, messages, tmp_pat
     assert critical["checks"]["chat_db"]["ok"] is False
     assert "Full Disk Access" in critical["checks"]["chat_db"]["detail"]
     assert "edge_relay_send_queue_depth 0.0" in metrics
+    [reads] = [line for line in metrics.splitlines() if line.startswith("edge_relay_chatdb_reads")]
+    assert reads.startswith("edge_relay_chatdb_reads_total ") and float(reads.split()[1]) >= 1
+    assert healthy["inbound"]["chatDbReads"] >= 1
 
 
 async def test_health_is_critical_while_the_backend_is_unreachable(settings, backend):

@@ -1,9 +1,27 @@
 """Reading Messages' `chat.db`, read-only and in short transactions.
 
-Each read opens the file with a `mode=ro` URI, reads inside one transaction and closes it:
-a connection kept open would stay on an old snapshot, and `immutable=1` would ignore the WAL
-where Messages writes first. Columns differ between macOS releases, so every read checks which
-ones exist before naming them.
+The relay reads through one `mode=ro` connection that it keeps between reads; each read is
+one short transaction, so every read sees what Messages committed before it: only an open
+transaction pins an old snapshot, and none outlives its read. `immutable=1` is never used,
+as it would ignore the WAL where Messages writes first. Columns differ between macOS
+releases, so every read checks which ones exist before naming them.
+
+Why the connection is kept: a connection that opens chat.db while no other one has it open
+creates `chat.db-wal` and `chat.db-shm` when they are missing and resets the shared memory;
+run as root, every connection also hands both files back to chat.db's owner. Opened afresh
+for each read while Messages did not hold chat.db open, the relay's own reads kept changing
+those files, and the folder watch woke the next read for each change: an idle relay read
+chat.db many times a second. A kept connection opens them once and, held open, also keeps
+the last of Messages' connections from removing the WAL on close (the next opening would
+create it again).
+
+What a kept connection must not miss: it holds the files it opened, so it is dropped, and the
+next read opens chat.db again, when chat.db, its WAL or its shared memory is no longer the
+file it opened (Messages replaced one: another inode or device, or it is gone), and after any
+error. A failed read raises ChatDBError; the next read tries again from scratch, so the relay
+recovers by itself once chat.db is readable again. `check()` always opens a connection of its
+own: it answers whether chat.db can be opened now (Full Disk Access may have been taken away
+since the kept connection was opened). `close()` drops the kept connection at a drain.
 """
 
 from __future__ import annotations
@@ -12,6 +30,7 @@ import logging
 import os
 import sqlite3
 import struct
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Set, Tuple
@@ -98,17 +117,38 @@ def message_text(guid: str, text: Optional[str], body: Optional[bytes]) -> Optio
         return scanned
 
 
+# The files a connection to chat.db has open: the database, its WAL and its shared memory.
+CONNECTION_FILES = ("", "-wal", "-shm")
+
+FileIds = Tuple[Optional[Tuple[int, int]], ...]
+
+
 class ChatDB:
-    """Messages' database at `path`, opened afresh for every read."""
+    """Messages' database at `path`, read through one read-only connection kept between reads.
+
+    Reads come from several threads (inbound, the send confirmation): they take turns.
+    """
 
     def __init__(self, path: str, busy_timeout_s: float = 5.0):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        # Read transactions since the start, for /metrics: an idle relay reads once a poll.
+        self.reads = 0
+        self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+        # (device, inode) of each of CONNECTION_FILES when the kept connection opened them.
+        self._opened: FileIds = ()
 
     def _connect(self) -> sqlite3.Connection:
         uri = f"file:{quote(self.path)}?mode=ro"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         except sqlite3.Error as error:
             raise ChatDBError(self._explain(error)) from None
         return conn
@@ -119,21 +159,73 @@ class ChatDB:
             "has Full Disk Access"
         )
 
+    def _file_ids(self) -> FileIds:
+        ids = []
+        for suffix in CONNECTION_FILES:
+            try:
+                info = os.stat(self.path + suffix)
+            except OSError:
+                ids.append(None)
+            else:
+                ids.append((info.st_dev, info.st_ino))
+        return tuple(ids)
+
+    def _transaction(self, conn: sqlite3.Connection, work):
+        """Runs `work(conn, columns)` inside one read transaction on `conn`."""
+        conn.execute("BEGIN")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(message)")}
+        if "guid" not in columns:
+            raise ChatDBError(f"{self.path} has no message table; is it Messages' chat.db?")
+        result = work(conn, columns)
+        conn.execute("COMMIT")
+        return result
+
     def _read(self, work):
-        """Runs `work(conn, columns)` inside one read transaction on a fresh connection."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(message)")}
-            if "guid" not in columns:
-                raise ChatDBError(f"{self.path} has no message table; is it Messages' chat.db?")
-            result = work(conn, columns)
-            conn.execute("COMMIT")
+        """Runs `work(conn, columns)` in one read transaction on the kept connection."""
+        with self._lock:
+            self.reads += 1
+            before = self._file_ids()
+            if self._conn is not None and before != self._opened:
+                self._drop()  # one of its files was replaced: it would read the old one
+            fresh = self._conn is None
+            if fresh:
+                self._conn = self._connect()
+            try:
+                result = self._transaction(self._conn, work)
+            except sqlite3.Error as error:
+                self._drop()
+                raise ChatDBError(self._explain(error)) from None
+            except BaseException:
+                self._drop()  # a read cut short leaves its transaction open: never keep that
+                raise
+            if fresh:
+                self._keep(before)
             return result
-        except sqlite3.Error as error:
-            raise ChatDBError(self._explain(error)) from None
-        finally:
-            conn.close()
+
+    def _keep(self, before: FileIds) -> None:
+        """Records the files a new connection holds, after its first read opened them.
+
+        Its first read creates the WAL and the shared memory when they are missing; any other
+        difference from before the read means a file was replaced meanwhile, and the
+        connection may hold the old one: it is dropped, and the next read opens afresh.
+        """
+        after = self._file_ids()
+        created = all(old in (None, new) for old, new in zip(before, after))
+        if after[0] is None or not created:
+            self._drop()
+        else:
+            self._opened = after
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._opened = ()
+
+    def close(self) -> None:
+        """Closes the kept connection (at a drain); a later read opens chat.db again."""
+        with self._lock:
+            self._drop()
 
     def max_rowid(self) -> int:
         """Highest ROWID of `message` (0 when empty): the point "now" starts from."""
@@ -193,12 +285,26 @@ class ChatDB:
         return self._read(work)
 
     def check(self) -> Tuple[bool, str]:
-        """Whether chat.db can be read now, with a sentence for /health."""
+        """Whether chat.db can be opened and read now, with a sentence for /health.
+
+        A connection of its own, closed at once: the kept one would go on reading files it
+        opened before Full Disk Access was taken away.
+        """
+
+        def newest(conn: sqlite3.Connection, _: Set[str]) -> int:
+            return conn.execute("SELECT COALESCE(MAX(ROWID), 0) FROM message").fetchone()[0]
+
         try:
-            newest = self.max_rowid()
+            conn = self._connect()
+            try:
+                newest_rowid = self._transaction(conn, newest)
+            finally:
+                conn.close()
+        except sqlite3.Error as error:
+            return False, self._explain(error)
         except ChatDBError as error:
             return False, str(error)
-        return True, f"readable, newest message row {newest}"
+        return True, f"readable, newest message row {newest_rowid}"
 
 
 # Rows and events

@@ -251,6 +251,11 @@ class _ReportCollector:
         )
         waiting.add_metric([], parked["parked"])
         yield waiting
+        reads = CounterMetricFamily(
+            "edge_relay_chatdb_reads", "Reads of chat.db since the relay started"
+        )
+        reads.add_metric([], parked["chatDbReads"])
+        yield reads
         status = GaugeMetricFamily(
             "edge_relay_status", "Overall status: 0 healthy, 1 warning, 2 critical"
         )

@@ -141,7 +141,11 @@ class Relay:
             # The relay's own process, for a deploy to compare with the pid launchd reports.
             "pid": os.getpid(),
             "send_queue": figures,
-            "inbound": {"parked": parked_now, "totalParked": parked.total(self.store.conn)},
+            "inbound": {
+                "parked": parked_now,
+                "totalParked": parked.total(self.store.conn),
+                "chatDbReads": self.chat_db.reads,
+            },
             "checks": checks,
             "queue_status": queue_status,
             # The figures the queue status was judged on, so that a gate judges them alike.
@@ -215,6 +219,7 @@ class Relay:
 
         await self.health.stop()
         await self.backend.close()
+        self.chat_db.close()
         log.info(
             "drained: %d command(s) kept in the send queue for the next start", self.queue.depth
         )
