@@ -301,3 +301,73 @@ async def test_a_chat_settles_only_up_to_its_first_unaccepted_event(backend, mes
     assert [e["guid"] for e in backend.inbound_batches[-1]] == ["a2", "a3", "a4"]
     assert set(inbound.ledger.seen) == {"a1", "b1", "b2", "a2", "a3", "a4"}
     assert not inbound.lanes and not inbound.queued and inbound.problem is None
+
+
+def count_scans(chat_db: ChatDB) -> list:
+    """The times of the relay's reads of chat.db (each read starts with one scan)."""
+    times: list = []
+    scan = chat_db.scan
+
+    def counted(above: int):
+        times.append(time.monotonic())
+        return scan(above)
+
+    chat_db.scan = counted
+    return times
+
+
+async def test_an_idle_relay_stays_idle_when_nothing_else_holds_chat_db(
+    settings, backend, messages
+):
+    wal_mode(messages)
+    settings["poll_interval_s"] = 30  # only what the folder watch reports wakes a read
+    async with RunningRelay(settings) as relay:
+        await wait_for(lambda: relay.watcher.problem is None, what="the folder watch")
+        reads = count_scans(relay.chat_db)
+        # Messages writes and closes its connection: no other connection holds chat.db.
+        first = messages.incoming(HANDLE, text="before the quiet")
+        await noticed_within(backend, first, 2)
+        await asyncio.sleep(0.5)
+        quiet_from = len(reads)
+        await asyncio.sleep(3.0)
+        quiet = len(reads) - quiet_from
+        later = messages.incoming(HANDLE, text="after the quiet")
+        await noticed_within(backend, later, 2)
+    assert quiet <= 2, f"{quiet} reads in 3 s with nothing arriving"
+    assert guids(backend) == [first, later]
+
+
+async def test_the_watch_wakes_on_changes_to_the_files_not_on_their_attributes(messages):
+    from edge_relay.watcher import FolderWatcher
+
+    wal_mode(messages)
+    wal = Path(str(messages.path) + "-wal")
+    wakes: list = []
+    watch = FolderWatcher(str(messages.path), lambda: wakes.append(time.monotonic()))
+    keeper = sqlite3.connect(str(messages.path))  # Messages running: the WAL stays
+    keeper.execute("SELECT COUNT(*) FROM message").fetchone()
+    task = asyncio.ensure_future(watch.run())
+    try:
+        await wait_for(lambda: watch.problem is None, what="the folder watch")
+        await asyncio.sleep(0.3)
+        wakes.clear()
+        # What a connection opened as root does to the WAL, and a mode changed by hand.
+        for path in (wal, messages.path):
+            os.chown(path, os.getuid(), os.getgid())
+            os.chmod(path, 0o640)
+        await asyncio.sleep(0.5)
+        assert wakes == []
+
+        messages.incoming(HANDLE, text="written")
+        await wait_for(lambda: wakes, what="a wake for the write")
+        await asyncio.sleep(0.3)
+        wakes.clear()
+        keeper.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        fresh = wal.with_name("chat.db-wal.new")
+        fresh.write_bytes(b"")
+        os.replace(fresh, wal)
+        await wait_for(lambda: wakes, what="a wake for the replaced WAL")
+    finally:
+        keeper.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

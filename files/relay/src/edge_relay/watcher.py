@@ -3,9 +3,19 @@
 Messages writes new rows to `chat.db-wal` first, may replace that file with a new one (new
 inode) and truncates it at a checkpoint; a watch on the file would go deaf the first time.
 A watch on the folder keeps seeing the files whatever happens to them. watchdog uses FSEvents
-on macOS and inotify on Linux. Every change to `chat.db` or its WAL wakes the reader, which
-then reads in a short transaction; the reader's slow poll stays as a safety net for a change
-the watch did not report (or a folder that could not be watched).
+on macOS and inotify on Linux. A change to `chat.db`, its WAL or its rollback journal wakes the
+reader, which then reads in a short transaction; the reader's slow poll stays as a safety net
+for a change the watch did not report (or a folder that could not be watched).
+
+A change means a file that is now another file (created, replaced, moved or removed: another
+inode or device, or gone) or whose size or modification time moved. Everything else the watch
+reports about these files is not new data: being opened and closed, and a change of owner or
+mode, which SQLite makes whenever a connection running as root opens the WAL, and which
+watchdog before release 7 reports as a modification, as FSEvents does on macOS. Waking on those
+would let any connection, the relay's own or the health check's, wake the next read. A write
+that leaves size and time as they were (the WAL rewritten in place within one tick of the
+clock) follows another write that did wake the reader, and the reader reads again shortly
+after each wake, so it is read too.
 """
 
 from __future__ import annotations
@@ -13,29 +23,54 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 log = logging.getLogger("edge_relay.watcher")
 
-# The relay's own reads open and close these files; only changes may wake it, or each read
-# would wake the next one.
+# Opening and closing a file is not a change to it; the handler compares the rest to the file.
 WAKING_EVENTS = ("modified", "created", "moved", "deleted")
 CHECK_EVERY_S = 10.0
 
+# What a change alters: (device, inode, size, modification time in ns), None when gone.
+FileState = Optional[Tuple[int, int, int, int]]
+
+
+def file_state(path: str) -> FileState:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, names: frozenset, wake: Callable[[], None]):
+    """Wakes the reader when an event finds one of `names` changed since it last looked."""
+
+    def __init__(self, folder: str, names: frozenset, wake: Callable[[], None]):
+        self.folder = folder
         self.names = names
         self.wake = wake
+        self.states: Dict[str, FileState] = {
+            name: file_state(os.path.join(folder, name)) for name in names
+        }
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in WAKING_EVENTS or event.is_directory:
             return
         paths = (event.src_path, getattr(event, "dest_path", "") or "")
-        if any(os.path.basename(os.fsdecode(path)) in self.names for path in paths if path):
+        changed = False
+        for path in paths:
+            name = os.path.basename(os.fsdecode(path)) if path else ""
+            if name not in self.names:
+                continue
+            state = file_state(os.path.join(self.folder, name))
+            if state != self.states[name]:
+                self.states[name] = state
+                changed = True
+        if changed:
             self.wake()
 
 
@@ -82,7 +117,7 @@ class FolderWatcher:
             self._note(f"cannot watch {self.folder}: it does not exist or cannot be read")
             return
         observer = Observer()
-        observer.schedule(_Handler(self.names, wake), self.folder, recursive=False)
+        observer.schedule(_Handler(self.folder, self.names, wake), self.folder, recursive=False)
         try:
             observer.start()
         except OSError as error:
