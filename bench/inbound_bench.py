@@ -2,10 +2,13 @@
 
 Each figure comes from real processes: `edge-relay run` and `edge-backend serve` on free
 127.0.0.1 ports, a chat.db in WAL mode written the way Messages writes it (one connection kept
-open, a message and its chat_message_join in one transaction). Run from the repository root:
+open, a message and its chat_message_join in one transaction). The relay runs on the Python of
+.venv39 when there is one, the Python 3.9 a Mac runs it on (its watchdog release reports a
+change of a file's attributes as a modification, as newer ones do not). Run from the
+repository root:
 
     .venv/bin/python bench/inbound_bench.py [--only latency,idle,drain,outage,kill] [--idle-s 60]
-        [--outage-s 120]
+        [--outage-s 120] [--relay-python PATH]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SCHEMA = ROOT / "lab" / "edge_lab" / "data" / "chat_db_schema.sql"
 TOKEN = "bench-" + uuid.uuid4().hex
 APPLE_EPOCH_UNIX = 978307200
 TICKS = os.sysconf("SC_CLK_TCK")
+MAC_PYTHON = ROOT / ".venv39" / "bin" / "python"
 
 
 def free_port() -> int:
@@ -91,6 +95,10 @@ class Messages:
         )
         c.execute("COMMIT")
         return guid, time.time()
+
+    def close(self) -> None:
+        """Messages quits: its connection closes (SQLite removes the WAL when the last does)."""
+        self.conn.close()
 
 
 class Backend:
@@ -176,7 +184,8 @@ class Backend:
 class Relay:
     """`edge-relay run` as its own process."""
 
-    def __init__(self, folder: Path, chat_db: Path, backend_url: str):
+    def __init__(self, folder: Path, chat_db: Path, backend_url: str, python: str):
+        self.python = python
         token = folder / "token"
         token.write_text(TOKEN + "\n")
         token.chmod(0o600)
@@ -201,11 +210,12 @@ class Relay:
         self.config.write_text(json.dumps(config))  # JSON is YAML
         self.config.chmod(0o600)
         self.health = f"http://127.0.0.1:{config['health']['port']}/health"
+        self.metrics = f"http://127.0.0.1:{config['health']['port']}/metrics"
         self.log = folder / "relay.log"
         self.proc = None
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "edge_relay", "run", "--config", str(self.config)]
+        command = [self.python, "-m", "edge_relay", "run", "--config", str(self.config)]
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=log)
 
@@ -230,6 +240,14 @@ class Relay:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
+    def reads(self):
+        """Reads of chat.db since the relay started, from /metrics (None: an older release)."""
+        text = urllib.request.urlopen(self.metrics, timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("edge_relay_chatdb_reads_total "):
+                return float(line.split()[1])
+        return None
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -243,18 +261,18 @@ def received_at(stamp: str) -> float:
     )
 
 
-def setup(folder: Path, delay_ms: int = 0) -> tuple:
+def setup(folder: Path, python: str, delay_ms: int = 0) -> tuple:
     messages = Messages(folder / "chat.db")
     backend = Backend(folder, delay_ms)
     backend.start()
-    relay = Relay(folder, folder / "chat.db", backend.url)
+    relay = Relay(folder, folder / "chat.db", backend.url, python)
     relay.start()
     time.sleep(1.0)  # the first start has recorded "now"
     return messages, backend, relay
 
 
-def bench_latency(folder: Path, count: int = 200) -> None:
-    messages, backend, relay = setup(folder)
+def bench_latency(folder: Path, python: str, count: int = 200) -> None:
+    messages, backend, relay = setup(folder, python)
     try:
         written = {}
         for n in range(count):
@@ -277,17 +295,39 @@ def bench_latency(folder: Path, count: int = 200) -> None:
         backend.stop()
 
 
-def bench_idle(folder: Path, seconds: float) -> None:
-    _, backend, relay = setup(folder)
+def idle_figures(relay: Relay, seconds: float) -> tuple:
+    """(% of a core, reads of chat.db per minute or None) over `seconds` with nothing arriving."""
+    cpu, reads, start = relay.cpu_s(), relay.reads(), time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - start
+    share = 100 * (relay.cpu_s() - cpu) / elapsed
+    after = relay.reads()
+    per_minute = None if reads is None or after is None else 60 * (after - reads) / elapsed
+    return share, per_minute
+
+
+def bench_idle(folder: Path, python: str, seconds: float) -> None:
+    """Nothing arriving, first while Messages holds chat.db open, then once it has quit.
+
+    Without Messages' connection, the relay's own connections are the only ones on chat.db:
+    what they do to the WAL's files must not wake the relay again.
+    """
+    messages, backend, relay = setup(folder, python)
     try:
         time.sleep(5)  # past start-up
-        before, start = relay.cpu_s(), time.monotonic()
-        time.sleep(seconds)
-        used = relay.cpu_s() - before
-        share = 100 * used / (time.monotonic() - start)
+        held, held_reads = idle_figures(relay, seconds)
+        messages.close()
+        time.sleep(2)  # what the close itself changed has been read
+        alone, alone_reads = idle_figures(relay, seconds)
+
+        def per_minute(reads) -> str:
+            return "not reported" if reads is None else f"{reads:.0f}"
+
         print(
-            f"idle: {share:.2f}% of a core over {seconds:.0f} s (target <= 0.5%),"
-            f" VmRSS {relay.rss_mb():.1f} MB (target <= 50)"
+            f"idle: {held:.2f}% of a core over {seconds:.0f} s while Messages holds chat.db"
+            f" open, {alone:.2f}% over {seconds:.0f} s with no other connection on it"
+            f" (target <= 0.5% each); chat.db reads per minute {per_minute(held_reads)}"
+            f" and {per_minute(alone_reads)}; VmRSS {relay.rss_mb():.1f} MB (target <= 50)"
         )
     finally:
         relay.stop()
@@ -299,8 +339,8 @@ def write_backlog(messages: Messages, count: int, chats: int, offset: int = 0) -
         messages.incoming(f"+1555100{n % chats:04d}", f"backlog {n // chats}")
 
 
-def bench_drain(folder: Path, count: int = 1000, chats: int = 50) -> None:
-    messages, backend, relay = setup(folder, delay_ms=250)
+def bench_drain(folder: Path, python: str, count: int = 1000, chats: int = 50) -> None:
+    messages, backend, relay = setup(folder, python, delay_ms=250)
     try:
         relay.stop()
         write_backlog(messages, count, chats)
@@ -354,13 +394,18 @@ class Traffic:
 
 
 def bench_outage(
-    folder: Path, outage_s: float, per_second: float = 10.0, chats: int = 50, lead_s: float = 5.0
+    folder: Path,
+    python: str,
+    outage_s: float,
+    per_second: float = 10.0,
+    chats: int = 50,
+    lead_s: float = 5.0,
 ) -> int:
     """The backend down for `outage_s` while messages keep arriving, before, during and after.
 
     Returns 1 when a message was lost, processed twice or replied to out of order.
     """
-    messages, backend, relay = setup(folder)
+    messages, backend, relay = setup(folder, python)
     traffic = Traffic(messages, chats, per_second)
     try:
         traffic.start()
@@ -409,8 +454,8 @@ def bench_outage(
         backend.stop()
 
 
-def bench_kill(folder: Path, count: int = 1000, chats: int = 50) -> None:
-    messages, backend, relay = setup(folder)
+def bench_kill(folder: Path, python: str, count: int = 1000, chats: int = 50) -> None:
+    messages, backend, relay = setup(folder, python)
     try:
         write_backlog(messages, count // 2, chats)
         relay.stop(signal.SIGKILL)
@@ -437,16 +482,24 @@ def main() -> int:
     parser.add_argument(
         "--outage-s", type=float, default=120.0, help="how long the backend stays down (outage)"
     )
+    parser.add_argument(
+        "--relay-python",
+        default=str(MAC_PYTHON) if MAC_PYTHON.exists() else sys.executable,
+        help="the interpreter that runs edge-relay (default: .venv39's, the Mac's Python 3.9)",
+    )
     args = parser.parse_args()
+    python = args.relay_python
     runs = {
-        "latency": bench_latency,
-        "idle": lambda folder: bench_idle(folder, args.idle_s),
-        "drain": bench_drain,
-        "outage": lambda folder: bench_outage(folder, args.outage_s),
-        "kill": bench_kill,
+        "latency": lambda folder: bench_latency(folder, python),
+        "idle": lambda folder: bench_idle(folder, python, args.idle_s),
+        "drain": lambda folder: bench_drain(folder, python),
+        "outage": lambda folder: bench_outage(folder, python, args.outage_s),
+        "kill": lambda folder: bench_kill(folder, python),
     }
     if args.outage_s <= 0:
         parser.error(f"--outage-s must be a number of seconds above 0, not {args.outage_s:g}")
+    if not os.access(python, os.X_OK):
+        parser.error(f"--relay-python {python} is not an executable file")
     names = args.only.split(",")
     for name in names:
         if name not in runs:
