@@ -210,8 +210,8 @@ class ChatDB:
         connection may hold the old one: it is dropped, and the next read opens afresh.
         """
         after = self._file_ids()
-        created = all(old in (None, new) for old, new in zip(before, after))
-        if after[0] is None or not created:
+        only_created = all(old in (None, new) for old, new in zip(before, after))
+        if after[0] is None or not only_created:
             self._drop()
         else:
             self._opened = after
