@@ -82,7 +82,7 @@ lab-down: ## Stop the lab; no lab process is left behind
 demo: setup ## Lab up, add a shard end to end, and a round trip through it
 	$(PY) -m edge_lab.demo
 
-bench: venv ## Relay benchmarks: latency, idle CPU, memory, backlog drain, faults, send cost (~6 min)
+bench: setup ## Relay benchmarks: latency, idle CPU, memory, backlog drain, faults, send cost (~8 min)
 	$(PY) bench/inbound_bench.py
 	$(PY) bench/send_overhead.py
 
