@@ -202,7 +202,6 @@ class Relay:
             "chat_db": str(chat_db),
             "state_dir": str(folder / "state"),
             "health": {"host": "127.0.0.1", "port": free_port()},
-            "poll_interval_s": 5.0,
             "osascript": str(osascript),
             "log_level": "WARNING",
         }

@@ -48,7 +48,7 @@ def test_defaults_follow_the_design(good):
     assert config.send_queue.backoff_s == (2.0, 4.0, 8.0)
     assert config.send_queue.expiry_s == 120
     assert config.send_queue.tick_ms == 200
-    assert config.poll_interval_s == 1.0
+    assert config.poll_interval_s == 5.0
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     send_queue: SendQueueConfig = field(default_factory=SendQueueConfig)
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = 5.0
     osascript: str = "/usr/bin/osascript"
     launchctl: str = "/bin/launchctl"
     # Empty: the default, a folder beside chat.db (see attachments_folder).
@@ -393,7 +393,7 @@ def parse(data: Any) -> Config:
         confirm_s=check.number(queue_data, "confirm_s", "send_queue.confirm_s", 10.0, 0.1),
     )
 
-    poll = check.number(data, "poll_interval_s", "poll_interval_s", 1.0, 0.05)
+    poll = check.number(data, "poll_interval_s", "poll_interval_s", 5.0, 0.05)
     osascript = check.text(data, "osascript", "osascript", required=False) or "/usr/bin/osascript"
     if not (os.path.isfile(osascript) and os.access(osascript, os.X_OK)):
         check.problems.append(
