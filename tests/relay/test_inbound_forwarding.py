@@ -371,3 +371,35 @@ async def test_the_watch_wakes_on_changes_to_the_files_not_on_their_attributes(m
         keeper.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_opening_chat_db_does_not_reach_the_watch(messages, monkeypatch):
+    from edge_relay import watcher
+
+    seen: list = []
+    original = watcher._Handler.on_any_event
+    monkeypatch.setattr(
+        watcher._Handler,
+        "on_any_event",
+        lambda self, event: (seen.append(event), original(self, event)),
+    )
+    wal_mode(messages)
+    watch = watcher.FolderWatcher(str(messages.path), lambda: None)
+    keeper = sqlite3.connect(str(messages.path))  # Messages running: the WAL stays
+    keeper.execute("SELECT COUNT(*) FROM message").fetchone()
+    task = asyncio.ensure_future(watch.run())
+    try:
+        await wait_for(lambda: watch.problem is None, what="the folder watch")
+        await asyncio.sleep(0.3)
+        seen.clear()
+        # Readers opening and closing the files, as Messages' own helpers and the lab do.
+        for _ in range(50):
+            for path in (messages.path, Path(str(messages.path) + "-wal")):
+                with open(path, "rb") as handle:
+                    handle.read(16)
+        await asyncio.sleep(0.5)
+        assert seen == []
+    finally:
+        keeper.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -25,13 +25,23 @@ import logging
 import os
 from typing import Callable, Dict, Optional, Tuple
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 log = logging.getLogger("edge_relay.watcher")
 
 # Opening and closing a file is not a change to it; the handler compares the rest to the file.
 WAKING_EVENTS = ("modified", "created", "moved", "deleted")
+# Asked of the watch itself, so that inotify does not even report the opens and closes of
+# every connection to chat.db (each one a wake-up of the watch's thread).
+WATCHED_EVENTS = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent]
 CHECK_EVERY_S = 10.0
 
 # What a change alters: (device, inode, size, modification time in ns), None when gone.
@@ -117,7 +127,8 @@ class FolderWatcher:
             self._note(f"cannot watch {self.folder}: it does not exist or cannot be read")
             return
         observer = Observer()
-        observer.schedule(_Handler(self.folder, self.names, wake), self.folder, recursive=False)
+        handler = _Handler(self.folder, self.names, wake)
+        observer.schedule(handler, self.folder, recursive=False, event_filter=WATCHED_EVENTS)
         try:
             observer.start()
         except OSError as error:
