@@ -35,9 +35,26 @@ log = logging.getLogger("edge_lab.carrier")
 CANARY_HANDLE = "+15550009999"
 CANARY_DELAY_S = 0.1
 TICK_S = 0.1
+# A database whose files did not change is scanned again only this often (for sends that time
+# out): opening it as root every tick made SQLite chown its WAL each time, and every relay
+# watching the folder heard about it.
+RESCAN_S = 1.0
 # A row Messages never marked sent or failed within this long is given up on.
 PENDING_LIMIT_S = 30.0
 CHAT_DB_GLOB = "hosts/*/Users/*/Library/Messages/chat.db"
+
+
+def _files_state(chat_db: Path) -> tuple:
+    """What a write to the database changes: its and its WAL's inode, size and mtime."""
+    state = []
+    for path in (chat_db, Path(str(chat_db) + "-wal")):
+        try:
+            info = path.stat()
+        except OSError:
+            state.append(None)
+            continue
+        state.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(state)
 
 
 class Carrier:
@@ -48,6 +65,8 @@ class Carrier:
         # Canary answers waiting for their time: (due, sender db, phone, text, rowid, guid).
         self.pending: List[Tuple[float, Path, str, str, int, str]] = []
         self.stopping = threading.Event()
+        # Per database: its files' (inode, size, mtime) at the last scan, and when that was.
+        self.scanned: Dict[Path, Tuple[tuple, float]] = {}
 
     def _load_positions(self) -> Dict[str, int]:
         try:
@@ -88,6 +107,13 @@ class Carrier:
         phones = self.directory()
         own_phone = {db: phone for phone, db in phones.items()}
         for chat_db in sorted(self.lab_dir.glob(CHAT_DB_GLOB)):
+            files = _files_state(chat_db)
+            last = self.scanned.get(chat_db)
+            now = time.monotonic()
+            waiting = any(entry[1] == chat_db for entry in self.pending)
+            if last and last[0] == files and now - last[1] < RESCAN_S and not waiting:
+                continue
+            self.scanned[chat_db] = (files, now)
             try:
                 self._carry_from(chat_db, own_phone.get(chat_db), phones)
             except Exception as exc:  # one broken database must not stop the network

@@ -140,3 +140,23 @@ def test_a_lab_dir_without_hosts_is_refused(tmp_path):
         timeout=20,
     )
     assert result.returncode == 2 and "run edge-lab up first" in result.stderr
+
+
+def test_an_unchanged_database_is_not_opened_every_tick(lab, monkeypatch):
+    # Each scan opens the database, and a root connection makes SQLite chown its WAL: every
+    # relay watching the folder would hear of it ten times a second.
+    scans = []
+    monkeypatch.setattr(
+        messages, "outgoing_after", lambda chat_db, rowid: scans.append(chat_db) or []
+    )
+    network = carrier.Carrier(lab.dir)
+    for _ in range(20):  # two seconds of ticks
+        network.tick()
+        time.sleep(carrier.TICK_S)
+    per_db = len(scans) / 2
+    assert per_db <= 2 / carrier.RESCAN_S + 1, scans
+
+    scans.clear()
+    messages.add_incoming(lab.a, sender=B_PHONE, text="a change", account_phone=A_PHONE)
+    network.tick()
+    assert lab.a in scans
