@@ -157,7 +157,11 @@ def iso(apple_nanoseconds):
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_replayed_rows_reach_the_backend_decoded_with_their_group(lab, served_shard, tmp_path):  # noqa: F811
+def test_replayed_rows_reach_the_backend_decoded_with_their_group(
+    lab,  # noqa: F811  (the fixtures of test_lab_core, imported)
+    served_shard,  # noqa: F811
+    tmp_path,
+):
     source = build_source(tmp_path / "source", BODY.read_bytes())
     guids = source.guids
     forwarded = ["text", "body", "group", "reaction", "photo", "heic"]
