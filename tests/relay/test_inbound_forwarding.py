@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -337,19 +338,31 @@ async def test_an_idle_relay_stays_idle_when_nothing_else_holds_chat_db(
     assert guids(backend) == [first, later]
 
 
-async def test_the_watch_wakes_on_changes_to_the_files_not_on_their_attributes(messages):
+@contextlib.asynccontextmanager
+async def watching(messages, wake):
+    """A folder watch on chat.db, started and settled, with Messages holding the database open
+    (so the WAL stays); yields Messages' connection."""
     from edge_relay.watcher import FolderWatcher
 
     wal_mode(messages)
-    wal = Path(str(messages.path) + "-wal")
-    wakes: list = []
-    watch = FolderWatcher(str(messages.path), lambda: wakes.append(time.monotonic()))
-    keeper = sqlite3.connect(str(messages.path))  # Messages running: the WAL stays
+    watch = FolderWatcher(str(messages.path), wake)
+    keeper = sqlite3.connect(str(messages.path))
     keeper.execute("SELECT COUNT(*) FROM message").fetchone()
     task = asyncio.ensure_future(watch.run())
     try:
         await wait_for(lambda: watch.problem is None, what="the folder watch")
         await asyncio.sleep(0.3)
+        yield keeper
+    finally:
+        keeper.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_watch_wakes_on_changes_to_the_files_not_on_their_attributes(messages):
+    wal = Path(str(messages.path) + "-wal")
+    wakes: list = []
+    async with watching(messages, lambda: wakes.append(time.monotonic())) as keeper:
         wakes.clear()
         # What a connection opened as root does to the WAL, and a mode changed by hand.
         for path in (wal, messages.path):
@@ -367,10 +380,6 @@ async def test_the_watch_wakes_on_changes_to_the_files_not_on_their_attributes(m
         fresh.write_bytes(b"")
         os.replace(fresh, wal)
         await wait_for(lambda: wakes, what="a wake for the replaced WAL")
-    finally:
-        keeper.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_opening_chat_db_does_not_reach_the_watch(messages, monkeypatch):
@@ -383,14 +392,7 @@ async def test_opening_chat_db_does_not_reach_the_watch(messages, monkeypatch):
         "on_any_event",
         lambda self, event: (seen.append(event), original(self, event)),
     )
-    wal_mode(messages)
-    watch = watcher.FolderWatcher(str(messages.path), lambda: None)
-    keeper = sqlite3.connect(str(messages.path))  # Messages running: the WAL stays
-    keeper.execute("SELECT COUNT(*) FROM message").fetchone()
-    task = asyncio.ensure_future(watch.run())
-    try:
-        await wait_for(lambda: watch.problem is None, what="the folder watch")
-        await asyncio.sleep(0.3)
+    async with watching(messages, lambda: None):
         seen.clear()
         # Readers opening and closing the files, as Messages' own helpers and the lab do.
         for _ in range(50):
@@ -399,7 +401,3 @@ async def test_opening_chat_db_does_not_reach_the_watch(messages, monkeypatch):
                     handle.read(16)
         await asyncio.sleep(0.5)
         assert seen == []
-    finally:
-        keeper.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
