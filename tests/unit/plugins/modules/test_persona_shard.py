@@ -10,19 +10,7 @@ import sqlite3
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.archety.edge.plugins.modules import persona_shard
-
-# persona_shards and user_assignments as docs/architecture.md defines them.
-SCHEMA = """
-CREATE TABLE persona_shards(
-  shard_id TEXT PRIMARY KEY, persona TEXT NOT NULL, phone_number TEXT NOT NULL UNIQUE,
-  agent_id TEXT NOT NULL UNIQUE, host TEXT, state TEXT NOT NULL
-    CHECK (state IN ('provisioning','active','retiring','disabled')),
-  capacity INTEGER NOT NULL DEFAULT 150, active_users INTEGER NOT NULL DEFAULT 0,
-  token_hash TEXT, relay_version TEXT, last_seen_at TEXT,
-  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
-CREATE TABLE user_assignments(persona TEXT, handle TEXT,
-  shard_id TEXT REFERENCES persona_shards, assigned_at TEXT, PRIMARY KEY (persona, handle));
-"""
+from ansible_collections.archety.edge.tests.unit.plugins.modules.backend_schema import SCHEMA
 
 
 @pytest.fixture

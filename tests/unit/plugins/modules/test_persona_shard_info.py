@@ -10,17 +10,8 @@ import sqlite3
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.archety.edge.plugins.modules import persona_shard_info
+from ansible_collections.archety.edge.tests.unit.plugins.modules.backend_schema import SCHEMA
 
-# persona_shards as docs/architecture.md defines it.
-SCHEMA = """
-CREATE TABLE persona_shards(
-  shard_id TEXT PRIMARY KEY, persona TEXT NOT NULL, phone_number TEXT NOT NULL UNIQUE,
-  agent_id TEXT NOT NULL UNIQUE, host TEXT, state TEXT NOT NULL
-    CHECK (state IN ('provisioning','active','retiring','disabled')),
-  capacity INTEGER NOT NULL DEFAULT 150, active_users INTEGER NOT NULL DEFAULT 0,
-  token_hash TEXT, relay_version TEXT, last_seen_at TEXT,
-  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
-"""
 STAMP = "2026-12-03T12:00:00+00:00"
 FLEET = [
     ("sage-01", "+15551230001", "mini-01", "active", 9),
