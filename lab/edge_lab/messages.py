@@ -59,19 +59,29 @@ def _match_owner(db_path: Path) -> None:
 
     Empty files are valid for SQLite: it initialises them on first use. Creating
     them ahead of a root connection keeps them out of root's hands.
+
+    An existing file is never opened here: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, SQLite's among them. A process that
+    also holds chat.db open (a relay under test, say) would look absent to the
+    next connection, which then resets or removes the shared memory under the
+    first one's map (a bus error, or reads of the wrong pages).
     """
     if os.geteuid() != 0:
         return
     owner = db_path.stat()
     for suffix in ("-wal", "-shm"):
         side = Path(str(db_path) + suffix)
-        fd = os.open(side, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            # A new file: no connection can hold a lock on it yet.
+            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            side_stat = os.lstat(side)
+        else:
             side_stat = os.fstat(fd)
-            if (side_stat.st_uid, side_stat.st_gid) != (owner.st_uid, owner.st_gid):
-                os.fchown(fd, owner.st_uid, owner.st_gid)
-        finally:
             os.close(fd)
+        if (side_stat.st_uid, side_stat.st_gid) != (owner.st_uid, owner.st_gid):
+            # The link itself if the user put one there, never what it points at.
+            os.chown(side, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def connect(chat_db_path) -> sqlite3.Connection:

@@ -2,6 +2,8 @@
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,52 @@ def test_root_writes_leave_the_wal_files_to_the_owner(chat_db):
         st = Path(str(chat_db) + suffix).stat()
         assert (st.st_uid, st.st_gid) == (USER_UID, 20)
     conn.close()
+
+
+# Every open connection holds a read lock on this byte of chat.db-shm (SQLite's unix VFS:
+# the "DMS" lock); a connection that finds it free resets the shared memory.
+SHM_DMS_BYTE = 128
+SHM_DMS_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root writes another user's database")
+def test_root_writes_keep_the_locks_of_a_reader_in_the_same_process(chat_db):
+    shm = str(chat_db) + "-shm"
+    reader = sqlite3.connect(f"file:{chat_db}?mode=ro", uri=True)  # a relay under test, say
+    try:
+        reader.execute("SELECT COUNT(*) FROM message").fetchone()
+        messages.add_incoming(chat_db, sender="+15551230002", text="x", account_phone=PHONE)
+        # Seen from another process (Messages, the osascript stand-in), the reader is still
+        # there: had the lab dropped this process's locks, the next connection would reset
+        # the shared memory under the reader's map.
+        probe = subprocess.run(
+            [sys.executable, "-c", SHM_DMS_PROBE, shm, str(SHM_DMS_BYTE)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        assert probe.stdout.strip() == "held"
+    finally:
+        reader.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root writes another user's database")
+def test_root_writes_never_chown_what_a_wal_link_points_at(chat_db, tmp_path):
+    target = tmp_path / "not-theirs"
+    target.write_text("root's file")
+    wal = Path(str(chat_db) + "-wal")
+    wal.symlink_to(target)
+    with pytest.raises(sqlite3.Error):
+        messages.add_incoming(chat_db, sender="+15551230002", text="x", account_phone=PHONE)
+    assert (target.stat().st_uid, target.stat().st_gid) == (0, 0)
+    assert os.lstat(wal).st_uid == USER_UID

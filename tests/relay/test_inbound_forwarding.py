@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -394,10 +396,16 @@ async def test_opening_chat_db_does_not_reach_the_watch(messages, monkeypatch):
     )
     async with watching(messages, lambda: None):
         seen.clear()
-        # Readers opening and closing the files, as Messages' own helpers and the lab do.
-        for _ in range(50):
-            for path in (messages.path, Path(str(messages.path) + "-wal")):
-                with open(path, "rb") as handle:
-                    handle.read(16)
+        # Readers opening and closing the files, as Messages' own helpers and the lab do. In
+        # another process: a close in this one would drop the keeper's locks on chat.db.
+        reads = (
+            "import sys\n"
+            "for _ in range(50):\n"
+            "    for path in sys.argv[1:]:\n"
+            "        with open(path, 'rb') as handle:\n"
+            "            handle.read(16)\n"
+        )
+        files = [str(messages.path), str(messages.path) + "-wal"]
+        subprocess.run([sys.executable, "-c", reads, *files], check=True, timeout=30)
         await asyncio.sleep(0.5)
         assert seen == []

@@ -22,6 +22,11 @@ error. A failed read raises ChatDBError; the next read tries again from scratch,
 recovers by itself once chat.db is readable again. `check()` always opens a connection of its
 own: it answers whether chat.db can be opened now (Full Disk Access may have been taken away
 since the kept connection was opened). `close()` drops the kept connection at a drain.
+
+Nothing else in the relay's process may open chat.db or the files beside it: closing any
+descriptor of a file drops every POSIX lock the process holds on it, SQLite's included, and
+Messages' next connection, finding nobody else there, would reset the shared memory under the
+kept connection's map (a bus error, or reads of the wrong pages).
 """
 
 from __future__ import annotations
