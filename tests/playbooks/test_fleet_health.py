@@ -11,6 +11,8 @@ import pytest
 from conftest import LIFECYCLE_SHARD, LIFECYCLE_USER, add_serving_shard
 
 SHARD_ID = "lifecycle-01"
+# The UNDRAINED column of a table line.
+UNDRAINED = 13
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,7 @@ def test_table_of_a_serving_shard(lab):
     run = lab.playbook(playbook="fleet_health.yml")
     assert run.rc == 0, run.output
     assert re.search(r"HOST\s+SHARD\s+STATE\s+RELEASE\s+STATUS\s+DEPTH\s+ENQ", run.output)
+    assert re.search(r"LAST-INBOUND\s+UNDRAINED\s+FAILING-CHECKS", run.output)
     host, shard, state, release, status, depth, enq, deliv, drop, gui, fda, auto, *_ = table_line(
         run, SHARD_ID
     )
@@ -69,6 +72,33 @@ def test_an_unreachable_mac_is_a_line_of_the_table(lab):
     assert run.rc == 0, run.output
     cells = table_line(run, SHARD_ID)
     assert cells[2:6] == ["active", "-", "Mac", "unreachable"], run.output
+
+
+def test_a_killed_relay_shows_as_an_undrained_stop(lab):
+    uid = lab.host_path("mini-01", f"/Users/{LIFECYCLE_USER}").stat().st_uid
+    job = f"gui/{uid}/com.archety.edge.relay.{SHARD_ID}"
+
+    def relay_pid():
+        printed = lab.edge_lab("exec", "mini-01", "launchctl", "print", job).stdout
+        match = re.search(r"^\s*pid = (\d+)$", printed, re.MULTILINE)
+        return match.group(1) if match else None
+
+    before = int(table_line(lab.playbook(playbook="fleet_health.yml"), SHARD_ID)[UNDRAINED])
+    killed = relay_pid()
+    assert killed, "the shard's relay is not running"
+    lab.edge_lab("exec", "mini-01", "kill", "-9", killed)
+    # launchd starts it again; the new run finds the last one never drained.
+    deadline = time.monotonic() + 90
+    while True:
+        run = lab.playbook(playbook="fleet_health.yml")
+        assert run.rc == 0, run.output
+        cells = table_line(run, SHARD_ID)
+        if cells[4] == "healthy" and cells[UNDRAINED] != str(before):
+            break
+        assert time.monotonic() < deadline, run.output
+        time.sleep(3)
+    assert int(cells[UNDRAINED]) == before + 1
+    assert relay_pid() not in (None, killed)
 
 
 def test_capacity_plan_beside_the_fleet(lab):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import zipfile
 
 import pytest
@@ -102,6 +105,43 @@ async def test_a_send_cut_off_by_the_bound_is_uncertain_at_next_start(
     # Messages may have sent it before the stop: reported, never sent a second time.
     assert backend.results["c1"]["status"] == "uncertain"
     assert len(osascript.calls()) == 1
+
+
+def health(settings: dict) -> dict:
+    url = f"http://127.0.0.1:{settings['health']['port']}/health"
+    try:
+        answer = urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as error:  # 503 while critical: still the report
+        answer = error
+    return json.loads(answer.read())
+
+
+async def test_a_stop_without_a_drain_is_counted_at_the_next_start(settings, backend, tmp_path):
+    runs = []
+
+    async def run_once(stop: signal.Signals) -> None:
+        backend.registrations.clear()
+        proc = start_relay(settings, tmp_path)
+        try:
+            await wait_for(lambda: backend.registrations, timeout_s=15, what="registration")
+            runs.append(health(settings)["undrained_stops"])
+            proc.send_signal(stop)
+            proc.wait(timeout=DRAIN_BOUND_S + 5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            _, stderr = proc.communicate(timeout=5)
+        runs[-1]["stderr"] = stderr
+
+    await run_once(signal.SIGKILL)  # killed: the next start finds it
+    await run_once(signal.SIGTERM)
+    await run_once(signal.SIGTERM)  # after a drain: nothing new
+    first, found, after_drain = runs
+    assert (first["total"], first["last_found_at"]) == (0, None)
+    assert found["total"] == 1 and found["last_found_at"].endswith("Z")
+    assert "stopped without draining" in found["stderr"]
+    assert after_drain["total"] == 1 and after_drain["last_found_at"] == found["last_found_at"]
+    assert "stopped without draining" not in after_drain["stderr"]
 
 
 def test_the_wheel_ships_the_messages_script_and_builds_reproducibly(tmp_path):

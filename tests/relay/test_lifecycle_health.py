@@ -44,6 +44,7 @@ async def test_no_gui_session_is_critical_and_says_what_to_do(settings, backend,
     assert "log the user in at the GUI" in report["checks"]["gui_session"]["detail"]
     assert report["checks"]["inbound"]["detail"] == "no incoming message yet"
     assert "edge_relay_send_queue_uncertain_total 0.0" in metrics
+    assert "edge_relay_undrained_stops_total 0.0" in metrics
 
 
 async def test_a_quiet_inbound_warns_past_its_bound(settings, backend, messages):

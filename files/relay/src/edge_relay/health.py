@@ -256,6 +256,12 @@ class _ReportCollector:
         )
         reads.add_metric([], parked["chatDbReads"])
         yield reads
+        stops = CounterMetricFamily(
+            "edge_relay_undrained_stops",
+            "Runs of the relay that stopped without draining (killed, crashed, power lost)",
+        )
+        stops.add_metric([], report["undrained_stops"]["total"])
+        yield stops
         status = GaugeMetricFamily(
             "edge_relay_status", "Overall status: 0 healthy, 1 warning, 2 critical"
         )

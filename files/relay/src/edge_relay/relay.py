@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
 from edge_relay import __version__, parked
@@ -43,6 +44,11 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 # AppleScript errors that mean this shard cannot send at all until a person acts.
 BLOCKING_SEND_ERRORS = ("(error -1743)", "(error -600)", "(error -1719)")
+
+
+def iso(moment: float) -> str:
+    """A Unix time as /health gives times: UTC, to the second, with a Z."""
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")[:-6] + "Z"
 
 
 class Backoff:
@@ -119,6 +125,7 @@ class Relay:
         queue_status = judge_queue(view, self.config.health, now)
         high_for = depth_high_for(view, self.config.health, now)
         parked_now, oldest_parked = parked.summary(self.store.conn)
+        undrained, undrained_found_at = self.store.undrained_stops()
         checks = {
             "chat_db": {"ok": chat_ok, "detail": chat_detail},
             "backend": {
@@ -140,6 +147,11 @@ class Relay:
             "shard_id": self.config.shard_id,
             # The relay's own process, for a deploy to compare with the pid launchd reports.
             "pid": os.getpid(),
+            # Runs of this shard's relay that stopped without draining, found at the next start.
+            "undrained_stops": {
+                "total": undrained,
+                "last_found_at": None if undrained_found_at is None else iso(undrained_found_at),
+            },
             "send_queue": figures,
             "inbound": {
                 "parked": parked_now,
@@ -165,6 +177,11 @@ class Relay:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_drain)
 
+        if self.store.begin_run(time.time()):
+            log.warning(
+                "the last run of this relay stopped without draining (killed, crashed or the "
+                "Mac lost power); counted in /health as undrained_stops"
+            )
         await self.backend.start()
         await self.health.start()
         log.info(
@@ -223,6 +240,7 @@ class Relay:
         log.info(
             "drained: %d command(s) kept in the send queue for the next start", self.queue.depth
         )
+        self.store.end_run()
         self.store.close()
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 It holds the inbound cursor (the last chat.db ROWID the backend acknowledged; its ledger and
 the events the backend would not take are in inbound.py and parked.py), the SendQueue with its
-figures, the results not yet reported, and recent drop times for /health.
+figures, the results not yet reported, recent drop times for /health, and whether the running
+relay has drained (a start that finds the last run never did counts an undrained stop).
 Every change is committed before the relay acts on it, so a crash or a restart loses nothing
 the backend was told about.
 """
@@ -94,6 +95,40 @@ class StateStore:
             "SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
             (name,),
         )
+
+    # Runs: a run is marked from its start until its drain finishes.
+
+    def begin_run(self, now: float) -> bool:
+        """Marks a run as started; True when the last run stopped without draining.
+
+        That run was killed (kill -9, a crash, a power cut) or is still running elsewhere on
+        the same state, which launchd's one job per shard rules out.
+        """
+        row = self.conn.execute("SELECT 1 FROM meta WHERE key = 'runningSince'").fetchone()
+        statements = [
+            ("INSERT OR REPLACE INTO meta (key, value) VALUES ('runningSince', ?)", (repr(now),))
+        ]
+        if row:
+            statements.append(self._bump("undrainedStops"))
+            statements.append(
+                (
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('undrainedStopFoundAt', ?)",
+                    (repr(now),),
+                )
+            )
+        self._transaction(statements)
+        return row is not None
+
+    def end_run(self) -> None:
+        """Marks the run as drained: the next start is not an undrained stop."""
+        self._transaction([("DELETE FROM meta WHERE key = 'runningSince'", ())])
+
+    def undrained_stops(self) -> Tuple[int, Optional[float]]:
+        """How many runs stopped without draining, and when a start last found one."""
+        sql = "SELECT key, value FROM meta WHERE key IN ('undrainedStops', 'undrainedStopFoundAt')"
+        rows = dict(self.conn.execute(sql).fetchall())
+        found_at = rows.get("undrainedStopFoundAt")
+        return int(rows.get("undrainedStops", 0)), None if found_at is None else float(found_at)
 
     # Queue items
 
