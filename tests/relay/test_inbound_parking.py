@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -268,6 +269,41 @@ async def test_an_event_always_left_out_is_parked_then_its_chat_flows_in_order(
         assert chat_a in ([stuck, a3], [a3], [a4], [a1])
     assert seen_at(settings, stuck)[0] == "parked"
     assert seen_at(settings, stuck)[1] <= seen_at(settings, a3)[1] <= seen_at(settings, a4)[1]
+
+
+def state_rows(settings: dict, sql: str) -> List[tuple]:
+    conn = sqlite3.connect(str(Path(settings["state_dir"]) / "relay-state.db"))
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_restarts_do_not_start_the_left_out_count_again(
+    settings, backend, messages, quick, monkeypatch
+):
+    monkeypatch.setattr(inbound_module, "PARK_AFTER_S", 3.0)
+    await stopped_once(settings)
+    stuck = messages.incoming(CHAT_A, text=SECRET)
+    after = messages.incoming(CHAT_A, text="after it")
+    backend.refuse_guids.add(stuck)
+    count = "SELECT times FROM inbound_left_out"
+    # Each run is stopped after two answers that left the event out, long before it is due.
+    for goal in (2, 4):
+        async with RunningRelay(settings):
+            await wait_for(lambda g=goal: state_rows(settings, count) >= [(g,)], 5, "two more")
+        assert not parked_rows(settings)
+    await asyncio.sleep(3.0)
+    [(before,)] = state_rows(settings, count)
+    async with RunningRelay(settings) as relay:
+        await wait_for(lambda: after in relay.inbound.ledger.seen, 10, "the chat to go on")
+
+    [row] = parked_rows(settings)
+    # Parked at the first answer of the last run: counted over every run, from the first.
+    times, over = re.match(r"left out of accepted (\d+) times over (\d+) s", row[3]).groups()
+    assert int(times) == before + 1 >= inbound_module.PARK_AFTER and int(over) >= 3
+    assert state_rows(settings, "SELECT * FROM inbound_left_out") == []
 
 
 @pytest.mark.asyncio

@@ -46,7 +46,9 @@ are about the shard or the moment, and are retried as above) is sent again in tw
 whole chats when it holds several (else the older half of its one chat first), each half on
 its own and in turn, down to single events; a single event refused so is parked at once. An
 event left out of `accepted` PARK_AFTER times, over at least PARK_AFTER_S since it was first
-left out, is parked too, but only when no earlier event of its chat still waits.
+left out, is parked too, but only when no earlier event of its chat still waits. How often
+and since when an event was left out is kept in `inbound_left_out`, so a relay restarted
+again and again still parks the event, and its chat goes on.
 
 A parked event is kept whole in `inbound_parked` (parked.py) with the backend's status and
 reason, and, in the same transaction, counted as handled: its row is recorded in
@@ -111,6 +113,8 @@ CREATE TABLE IF NOT EXISTS inbound_seen (
 CREATE INDEX IF NOT EXISTS inbound_seen_rowid ON inbound_seen (rowid);
 CREATE TABLE IF NOT EXISTS inbound_revisions (
     guid TEXT PRIMARY KEY, rowid INTEGER NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inbound_left_out (
+    guid TEXT PRIMARY KEY, rowid INTEGER NOT NULL, times INTEGER NOT NULL, since REAL NOT NULL);
 """
     + parked.PARKED_SCHEMA
 )
@@ -125,6 +129,13 @@ class InboundLedger:
         self.conn.executescript(LEDGER_SCHEMA)
         self.seen: Dict[str, int] = {}
         self.revisions: Dict[str, Dict[str, Any]] = {}
+        # Event guid -> (answers that left it out, Unix time of the first): few, all loaded.
+        self.left_out: Dict[str, Tuple[int, float]] = {
+            guid: (times, since)
+            for guid, times, since in self.conn.execute(
+                "SELECT guid, times, since FROM inbound_left_out"
+            )
+        }
         settled = self.settled
         if settled is not None:
             floor = settled - LOOKBACK_ROWS
@@ -165,10 +176,12 @@ class InboundLedger:
         rows: List[tuple],
         revisions: Optional[List[tuple]] = None,
         unparked: Optional[List[str]] = None,
+        accepted: Optional[List[str]] = None,
     ) -> None:
         """Records (guid, rowid, outcome) rows and (guid, rowid, state) revisions at once.
 
         `unparked`: guids of parked events the backend has now accepted, taken off the table.
+        `accepted`: guids of events the backend took, whose left-out count is forgotten.
         """
         now = time.time()
         with self.conn:
@@ -185,6 +198,10 @@ class InboundLedger:
             self.conn.executemany(
                 "DELETE FROM inbound_parked WHERE guid = ?", [(guid,) for guid in unparked or []]
             )
+            forgotten = [(guid,) for guid in accepted or [] if guid in self.left_out]
+            self.conn.executemany("DELETE FROM inbound_left_out WHERE guid = ?", forgotten)
+        for (guid,) in forgotten:
+            del self.left_out[guid]
         for guid, rowid, _ in rows:
             self.seen[guid] = rowid
         for guid, _, state in revisions or []:
@@ -200,8 +217,26 @@ class InboundLedger:
             )
             self.conn.execute("DELETE FROM inbound_seen WHERE rowid <= ?", (floor,))
             self.conn.execute("DELETE FROM inbound_revisions WHERE rowid <= ?", (floor,))
+            self.conn.execute("DELETE FROM inbound_left_out WHERE rowid <= ?", (floor,))
+        if self.left_out:
+            kept = {g for (g,) in self.conn.execute("SELECT guid FROM inbound_left_out")}
+            self.left_out = {g: v for g, v in self.left_out.items() if g in kept}
         self.seen = {g: r for g, r in self.seen.items() if r > floor}
         self.revisions = {g: s for g, s in self.revisions.items() if self.seen.get(g, 0) > floor}
+
+    def left_out_again(self, left_out: List[Pending], now: float) -> None:
+        """Counts one more answer that left each of these events out, for good."""
+        for pending in left_out:
+            times, since = self.left_out.get(pending.guid, (0, now))
+            self.left_out[pending.guid] = (times + 1, since)
+            pending.left_out, pending.left_out_since = times + 1, since
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO inbound_left_out (guid, rowid, times, since) "
+                "VALUES (?, ?, ?, ?)",
+                [(p.guid, p.rowid, p.left_out, p.left_out_since) for p in left_out],
+            )
 
     def revised(self, pending: Pending) -> Dict[str, Any]:
         """The revision state of the event's message once the event is told."""
@@ -259,6 +294,8 @@ class InboundLedger:
                 "SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
                 (parked.TOTAL_KEY,),
             )
+            self.conn.execute("DELETE FROM inbound_left_out WHERE guid = ?", (pending.guid,))
+        self.left_out.pop(pending.guid, None)
         if pending.outcome is not None:
             self.seen[pending.row_guid] = pending.rowid
         if state is not None:
@@ -318,7 +355,8 @@ class Pending:
         self.tries = 0
         self.first_try: Optional[float] = None
         self.last_try: Optional[float] = None
-        # Answers that left it out of `accepted`, counted from the first (monotonic time).
+        # Answers that left it out of `accepted`, and the Unix time of the first (kept by the
+        # ledger across restarts).
         self.left_out = 0
         self.left_out_since: Optional[float] = None
         # A parked event sent again on request: one more try, then parked again.
@@ -650,12 +688,10 @@ class Inbound:
         """Settles what was accepted and parks what is due; returns the events to send again
         (in order) and how many of them the backend left out."""
         accepted = set(answer["accepted"])
-        now = time.monotonic()
-        for pending in part:
-            if pending.guid not in accepted:
-                pending.left_out += 1
-                if pending.left_out_since is None:
-                    pending.left_out_since = now
+        now = time.time()
+        left_out = [pending for pending in part if pending.guid not in accepted]
+        if left_out:
+            self.ledger.left_out_again(left_out, now)
         done, due, back = self._split_by_chat(part, accepted, now)
         for pending in due:
             self._park(pending, LEFT_OUT_STATUS, left_out_reason(pending, now))
@@ -706,7 +742,7 @@ class Inbound:
             revisions.append((pending.row_guid, pending.rowid, state))
             self.ledger.revisions[pending.row_guid] = state
         unparked = [pending.guid for pending in done if pending.retried]
-        self.ledger.handled(rows, revisions, unparked)
+        self.ledger.handled(rows, revisions, unparked, [pending.guid for pending in done])
         for pending in done:
             self.queued.discard(pending.guid)
         for guid in unparked:
