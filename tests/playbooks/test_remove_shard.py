@@ -70,6 +70,18 @@ def test_bad_input_stops_before_anything_changes(lab, extra, message):
     assert_serving(lab)
 
 
+def test_a_shard_host_other_than_the_rows_is_refused(lab, tmp_path):
+    # Another Mac in the inventory, never contacted: the request is refused on the controller.
+    other = tmp_path / "other.yml"
+    other.write_text("mac_minis:\n  hosts:\n    mini-02:\n      ansible_host: 127.0.79.250\n")
+    run = lab.playbook(
+        "-i", str(other), playbook="remove_shard.yml", **{**REQUEST, "shard_host": "mini-02"}
+    )
+    assert run.rc != 0
+    assert "shard lifecycle-01 runs on mini-01, not on mini-02" in run.output, run.output
+    assert_serving(lab)
+
+
 def test_check_mode_changes_nothing(lab):
     run = remove(lab, check_mode=True)
     assert run.rc == 0, run.output
@@ -122,13 +134,35 @@ def test_rerun_changes_nothing(lab):
     assert state(lab) == "disabled"
 
 
-def test_removes_the_user_and_deletes_the_row(lab):
-    run = remove(lab, remove_user="true", delete_row="true")
+def test_deletes_the_row_and_keeps_the_user(lab):
+    run = remove(lab, delete_row="true")
     assert run.rc == 0, run.output
     assert state(lab) is None
-    assert not lab.has_user("mini-01", LIFECYCLE_USER)
+    assert lab.has_user("mini-01", LIFECYCLE_USER)
 
-    again = remove(lab, remove_user="true", delete_row="true")
+
+def test_without_its_row_the_user_is_removed_only_from_the_mac_named(lab):
+    unnamed = remove(lab, remove_user="true", delete_row="true")
+    assert unnamed.rc == 0, unnamed.output
+    assert "To remove its macOS user, add -e shard_host=" in unnamed.output, unnamed.output
+    assert lab.has_user("mini-01", LIFECYCLE_USER)
+
+    unknown = remove(lab, remove_user="true", shard_host="mini-09")
+    assert unknown.rc != 0
+    assert "shard_host 'mini-09' is not in the inventory" in unknown.output, unknown.output
+    assert lab.has_user("mini-01", LIFECYCLE_USER)
+
+    run = remove(lab, remove_user="true", shard_host="mini-01")
+    assert run.rc == 0, run.output
+    assert "removing only the relay job" in run.output, run.output
+    assert not lab.has_user("mini-01", LIFECYCLE_USER)
+    assert run.recap("localhost")["changed"] == 0
+
+    again = remove(lab, remove_user="true", shard_host="mini-01")
     assert again.rc == 0, again.output
-    assert "has no row in the backend: nothing left to remove" in again.output
-    assert again.recap("localhost")["changed"] == 0
+    assert again.recap("mini-01")["changed"] == 0, again.output
+
+    done = remove(lab, remove_user="true", delete_row="true")
+    assert done.rc == 0, done.output
+    assert "has no row in the backend: nothing left to remove" in done.output
+    assert done.recap("localhost")["changed"] == 0
