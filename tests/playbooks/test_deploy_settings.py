@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ def inventory(tmp_path_factory):
     return path
 
 
-def deploy(inventory, extra):
+def deploy(inventory, extra, wheel=MISSING_WHEEL):
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
-    argv += [str(PLAYBOOK), "-e", f"relay_wheel={MISSING_WHEEL}", "-e", json.dumps(extra)]
+    argv += [str(PLAYBOOK), "-e", f"relay_wheel={wheel}", "-e", json.dumps(extra)]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     return result.returncode, result.stdout + result.stderr
@@ -66,3 +67,28 @@ def test_good_settings_pass_on_to_the_release_check(inventory, extra):
     assert rc != 0
     assert "is missing or not a wheel" in output
     assert "must be" not in output
+
+
+def relay_wheel(folder: Path, named: str, holds: str) -> Path:
+    """A wheel of the relay's shape: its file name says one version, its dist-info another."""
+    path = folder / f"edge_relay-{named}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("edge_relay/__init__.py", f'__version__ = "{holds}"\n')
+        wheel.writestr(
+            f"edge_relay-{holds}.dist-info/METADATA", f"Name: edge-relay\nVersion: {holds}\n"
+        )
+    return path
+
+
+def test_a_renamed_wheel_stops_before_any_mac(inventory, tmp_path):
+    rc, output = deploy(inventory, {}, relay_wheel(tmp_path, named="0.3.0", holds="0.2.0"))
+    assert rc != 0
+    assert "is named for version 0.3.0 but holds edge_relay 0.2.0" in output
+    assert "No Mac was touched" in output
+    assert "mini-01" not in output.split("PLAY RECAP")[-1]
+
+
+def test_a_wheel_true_to_its_name_passes_the_release_check(inventory, tmp_path):
+    rc, output = deploy(inventory, {}, relay_wheel(tmp_path, named="0.3.0", holds="0.3.0"))
+    assert "No Mac was touched" not in output
+    assert "rolling out release 0.3.0-" in output
