@@ -659,6 +659,18 @@ class Launchd:
             self.stop(job)
         return {"status": 0}
 
+    def op_kill(self, caller: int, target: str, signal_number: int) -> Dict[str, Any]:
+        """Signal the running process as launchctl kill does; what follows (a respawn under
+        KeepAlive, say) is the job's ordinary exit handling."""
+        job = self._service(target, caller, modify=True)
+        if job.pid is None:
+            raise RequestError(3, "No such process")
+        try:
+            os.kill(job.pid, signal_number)
+        except ProcessLookupError as exc:
+            raise RequestError(3, "No such process") from exc
+        return {"status": 0}
+
     def op_print(self, caller: int, target: str) -> Dict[str, Any]:
         if target == "system" or (target.startswith("gui/") and target.count("/") == 1):
             try:
@@ -895,6 +907,7 @@ class Launchd:
         "bootstrap",
         "bootout",
         "kickstart",
+        "kill",
         "print",
         "list",
         "messages_send",

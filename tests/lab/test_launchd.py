@@ -283,6 +283,44 @@ def test_kickstart_k_restarts_the_process_without_rereading_the_plist(host):
     assert out.read_text().split() == ["v1", "v1"]
 
 
+@pytest.mark.parametrize("name", ["KILL", "SIGKILL", "9"])
+def test_kill_signals_the_job_and_keepalive_starts_it_again(host, name):
+    host.plist("com.test.kill", ["/bin/sleep", "60"], KeepAlive=True, ThrottleInterval=1)
+    host.request("gui_login", uid=USER_UID)
+    first = wait_until(lambda: host.service("com.test.kill")["pid"])
+
+    result = host.launchctl("kill", name, f"gui/{USER_UID}/com.test.kill")
+
+    assert result.returncode == 0, result.stderr
+    again = wait_until(lambda: host.service("com.test.kill")["pid"] not in (None, first))
+    assert again
+    printed = host.launchctl("print", f"gui/{USER_UID}/com.test.kill").stdout
+    assert "last terminating signal = Killed: 9" in printed
+
+
+def test_kill_refuses_unknown_signals_and_stopped_services(host):
+    host.request("gui_login", uid=USER_UID)
+    path = host.plist("com.test.idle", ["/bin/sleep", "60"])
+    assert host.launchctl("bootstrap", f"gui/{USER_UID}", str(path)).returncode == 0
+
+    bogus = host.launchctl("kill", "SIGBOGUS", f"gui/{USER_UID}/com.test.idle")
+    assert bogus.returncode == 64 and "Unrecognized signal: SIGBOGUS" in bogus.stderr
+    idle = host.launchctl("kill", "TERM", f"gui/{USER_UID}/com.test.idle")
+    assert idle.returncode == 3 and "No such process" in idle.stderr
+    none = host.launchctl("kill", "TERM", f"gui/{USER_UID}/com.test.none")
+    assert none.returncode == 113
+
+
+def test_help_prints_the_usage_and_succeeds(host):
+    everything = host.launchctl("help")
+    assert everything.returncode == 0 and "kill" in everything.stdout
+    one = host.launchctl("help", "kill")
+    assert one.returncode == 0
+    assert (
+        one.stdout.strip() == "Usage: launchctl kill <signal-name|signal-number> <service-target>"
+    )
+
+
 def test_gui_logout_stops_the_jobs_and_removes_the_domain(host):
     host.plist("com.test.session", ["/bin/sleep", "60"], KeepAlive=True, ExitTimeOut=2)
     host.request("gui_login", uid=USER_UID)

@@ -1,11 +1,12 @@
 """macOS's ``launchctl``, played by the lab: a client of the host's launchd stand-in.
 
-The subset the collection and the relay use, with the messages and exit statuses of
-macOS 14: ``bootstrap``, ``bootout``, ``print``, ``kickstart [-k]``, ``asuser`` and
-``list``. Anything else is a usage error, as launchctl reports it.
+The subset the collection, the relay and an operator use, with the messages and exit
+statuses of macOS 14: ``bootstrap``, ``bootout``, ``print``, ``kickstart [-k]``, ``kill``,
+``asuser``, ``list`` and ``help``. Anything else is a usage error, as launchctl reports it.
 """
 
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -25,8 +26,10 @@ Subcommands this host supports:
 \tbootout         Tears down a domain or removes a service from a domain.
 \tprint           Prints a description of a domain or service.
 \tkickstart       Forces an existing service to start.
+\tkill            Sends a signal to the service instance.
 \tasuser          Execute a program in the bootstrap context of a given user.
 \tlist            Lists information about services.
+\thelp            Prints the usage for a given subcommand.
 """
 
 SUBCOMMAND_USAGE = {
@@ -37,6 +40,7 @@ SUBCOMMAND_USAGE = {
     ),
     "print": "Usage: launchctl print <domain-target> | <service-target>",
     "kickstart": "Usage: launchctl kickstart [-k] [-p] <service-target>",
+    "kill": "Usage: launchctl kill <signal-name|signal-number> <service-target>",
     "asuser": "Usage: launchctl asuser <UID> <program> [args...]",
 }
 
@@ -107,6 +111,32 @@ def _kickstart(args: List[str]) -> int:
     return _call("kickstart", target=args[0], kill=kill)
 
 
+def _signal_number(name: str) -> Optional[int]:
+    """A signal by number or by name, with or without SIG (9, KILL, SIGKILL)."""
+    if name.isdigit():
+        number = int(name)
+        return number if 0 < number < signal.NSIG else None
+    spelled = name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()
+    member = getattr(signal.Signals, spelled, None) if spelled.isidentifier() else None
+    return int(member) if member is not None else None
+
+
+def _kill(args: List[str]) -> int:
+    if len(args) != 2 or not _is_service(args[1]):
+        return _usage("kill")
+    number = _signal_number(args[0])
+    if number is None:
+        print(f"Unrecognized signal: {args[0]}", file=sys.stderr)
+        return _usage("kill")
+    return _call("kill", target=args[1], signal_number=number)
+
+
+def _help(args: List[str]) -> int:
+    text = SUBCOMMAND_USAGE.get(args[0], USAGE) if args else USAGE
+    print(text.rstrip("\n"))
+    return 0
+
+
 def _asuser(args: List[str]) -> int:
     """Replace this process with the command, in the user's session."""
     if len(args) < 2 or not args[0].isdigit():
@@ -133,8 +163,10 @@ SUBCOMMANDS = {
     "bootout": _bootout,
     "print": _print,
     "kickstart": _kickstart,
+    "kill": _kill,
     "asuser": _asuser,
     "list": _list,
+    "help": _help,
 }
 
 
