@@ -8,7 +8,9 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -53,29 +55,53 @@ class Lab:
         )
 
     def playbook(
-        self, *args: str, check_mode: bool = False, playbook: str = "add_shard.yml", **extra: str
+        self,
+        *args: str,
+        check_mode: bool = False,
+        playbook: str = "add_shard.yml",
+        at_task: tuple[str, Callable[[], object]] | None = None,
+        **extra: str,
     ) -> Run:
+        """Run a playbook; `at_task` = (task name, action) calls the action once, as soon as
+        the play announces that task."""
         argv = [
             str(BIN / "ansible-playbook"),
             "-i",
             str(self.inventory),
-            f"playbooks/{playbook}",
+            str(Path("playbooks") / playbook),
         ]
         for key, value in extra.items():
             argv += ["-e", f"{key}={value}"]
         if check_mode:
             argv.append("--check")
         argv += list(args)
-        proc = subprocess.run(
+        task, action = at_task or (None, None)
+        lines = []
+        proc = subprocess.Popen(
             argv,
             cwd=REPO,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            timeout=PLAYBOOK_TIMEOUT_S,
-            env=lab_env(self.values),
+            env=dict(lab_env(self.values), PYTHONUNBUFFERED="1"),
         )
-        return Run(proc.returncode, proc.stdout)
+        timer = threading.Timer(PLAYBOOK_TIMEOUT_S, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if action and line.startswith(f"TASK [{task}]"):
+                    action()
+                    action = None
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        output = "".join(lines)
+        assert task is None or action is None, f"the play never reached {task!r}:\n{output}"
+        return Run(proc.returncode, output)
 
     def shard_rows(self) -> list[tuple]:
         with sqlite3.connect(self.dir / "backend.db") as db:

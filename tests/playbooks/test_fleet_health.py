@@ -74,6 +74,49 @@ def test_an_unreachable_mac_is_a_line_of_the_table(lab):
     assert cells[2:6] == ["active", "-", "Mac", "unreachable"], run.output
 
 
+def test_a_mac_lost_after_its_facts_were_read_is_unreachable_not_unhealthy(lab):
+    task = "Read the health ports given out on this Mac"
+    try:
+        run = lab.playbook(
+            playbook="fleet_health.yml", at_task=(task, lambda: lab.edge_lab("cut", "mini-01"))
+        )
+    finally:
+        lab.edge_lab("restore", "mini-01")
+    assert run.rc == 0, run.output
+    facts = run.output.split("TASK [Read the Mac's facts]")[1].split("TASK [")[0]
+    assert "ok: [mini-01]" in facts, run.output
+    cells = table_line(run, SHARD_ID)
+    assert cells[2:6] == ["active", "unknown", "Mac", "unreachable"], run.output
+
+
+def test_the_table_is_ordered_by_mac_then_shard(lab):
+    rows = [("zeta-01", "mini-00"), ("alpha-01", "mini-02"), ("alpha-02", "mini-00")]
+    for n, (shard_id, host) in enumerate(rows):
+        lab.sql(
+            "INSERT INTO persona_shards (shard_id, persona, phone_number, agent_id, host, state,"
+            " capacity, active_users, created_at, updated_at) VALUES"
+            " (?, ?, ?, ?, ?, 'active', 150, 0, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+            shard_id,
+            shard_id.split("-")[0],
+            f"+1555999000{n}",
+            shard_id,
+            host,
+        )
+    try:
+        run = lab.playbook(playbook="fleet_health.yml")
+    finally:
+        lab.sql("DELETE FROM persona_shards WHERE shard_id IN ('zeta-01', 'alpha-01', 'alpha-02')")
+    assert run.rc == 0, run.output
+    order = re.findall(r"^\s*- (mini-\d+)\s+([a-z]+-\d+)\s", run.output, re.MULTILINE)
+    assert order == [
+        ("mini-00", "alpha-02"),
+        ("mini-00", "zeta-01"),
+        ("mini-01", SHARD_ID),
+        ("mini-02", "alpha-01"),
+    ], run.output
+    assert table_line(run, "zeta-01")[4:7] == ["Mac", "not", "in"]
+
+
 def test_a_killed_relay_shows_as_an_undrained_stop(lab):
     uid = lab.host_path("mini-01", f"/Users/{LIFECYCLE_USER}").stat().st_uid
     job = f"gui/{uid}/com.archety.edge.relay.{SHARD_ID}"
