@@ -164,6 +164,30 @@ def test_check_mode_on_a_serving_shard_changes_nothing(lab):
     assert run.recap("mini-01")["changed"] == 0, run.output
 
 
+def test_a_failed_health_gate_says_what_to_do(lab, tmp_path):
+    # The serving shard's job, held to a gate on a port nothing answers on: the gate fails
+    # without anything else changing.
+    play = tmp_path / "gate.yml"
+    play.write_text(
+        "- hosts: mini-01\n"
+        "  gather_facts: false\n"
+        "  become: true\n"
+        "  roles:\n"
+        "    - role: archety.edge.relay_job\n"
+        "      relay_job_shard_id: sage-01\n"
+        f"      relay_job_user: {USER}\n"
+        "      relay_job_health_port: 1\n"
+        "      relay_job_wait_timeout: 2\n"
+    )
+    run = lab.playbook(playbook=str(play))
+    assert run.rc != 0
+    assert run.recap("mini-01")["changed"] == 0, run.output
+    assert "not healthy after" in run.output, run.output
+    assert f"its log is /Users/{USER}/Library/Logs/edge-relay/relay.log" in run.output
+    assert "then run the play again: it picks up where it stopped" in run.output
+    assert lab.shard_rows() == [("sage-01", "+15551230001", "mini-01", "active")]
+
+
 def current_release(lab, user: str) -> str:
     link = f"/Users/{user}/Library/Application Support/edge-relay/current"
     return os.path.basename(os.readlink(lab.host_path("mini-01", link)))
