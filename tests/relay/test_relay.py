@@ -418,6 +418,7 @@ async def test_an_unknown_token_leaves_the_shard_unregistered(settings, backend,
     assert await asyncio.wait_for(task, 15) == 0
     assert report["status"] == "critical"
     assert "does not know this shard's token" in report["checks"]["registered"]["detail"]
+    assert "registered in the database of the backend" in report["checks"]["registered"]["detail"]
 
 
 async def test_logs_carry_guids_but_never_text_or_token(settings, backend, messages, caplog):

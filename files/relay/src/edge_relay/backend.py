@@ -37,7 +37,12 @@ class BackendError(Exception):
 
 
 STATUS_REASONS = {
-    401: "the backend does not know this shard's token; check backend.token_file",
+    # The usual cause on a new shard: its row was written to another database than the one the
+    # backend at backend.url serves (a DSN and a URL of different backends).
+    401: (
+        "the backend does not know this shard's token; check backend.token_file, and that the "
+        "shard was registered in the database of the backend at backend.url"
+    ),
     403: "the backend has disabled this shard",
 }
 
