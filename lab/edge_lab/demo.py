@@ -6,16 +6,17 @@ the demo also shows the playbook resuming where it stopped.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
+
+from edge_lab.layout import inventory_dir, lab_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LAB_DIR = Path(os.environ.get("EDGE_LAB_DIR", REPO / ".lab"))
 
 PERSONA, NUMBER, HOST = "sage", 1, "mini-01"
 PHONE = "+15551230001"
@@ -25,6 +26,12 @@ LAB_PHONE = "+15557654321"
 REPLY_TIMEOUT_S = 60
 
 
+def fail(problem: str) -> NoReturn:
+    sys.exit(
+        f"demo: {problem}\nWhat the lab started keeps running for a look: `make lab-down` stops it."
+    )
+
+
 def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     print("$ " + " ".join(argv), flush=True)
     result = subprocess.run(
@@ -32,7 +39,7 @@ def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     )
     print(result.stdout, end="", flush=True)
     if check and result.returncode != 0:
-        sys.exit(f"demo: `{' '.join(argv)}` failed with exit status {result.returncode}")
+        fail(f"`{' '.join(argv)}` failed with exit status {result.returncode}")
     return result
 
 
@@ -41,7 +48,7 @@ def add_shard() -> subprocess.CompletedProcess:
         [
             str(BIN / "ansible-playbook"),
             "-i",
-            "inventories/lab/hosts.yml",
+            str(inventory_dir() / "hosts.yml"),
             "playbooks/add_shard.yml",
             "-e",
             f"persona={PERSONA}",
@@ -80,7 +87,7 @@ def newest_reply_rowid(chat_db: Path) -> int:
 
 
 def round_trip() -> float:
-    chat_db = LAB_DIR / "hosts" / HOST / "Users" / USER / "Library" / "Messages" / "chat.db"
+    chat_db = lab_dir() / "hosts" / HOST / "Users" / USER / "Library" / "Messages" / "chat.db"
     before = newest_reply_rowid(chat_db)
     started = time.monotonic()
     run(
@@ -100,14 +107,14 @@ def round_trip() -> float:
         if newest_reply_rowid(chat_db) > before:
             return (time.monotonic() - started) * 1000
         time.sleep(0.05)
-    sys.exit(
-        f"demo: no reply sent from {SHARD} within {REPLY_TIMEOUT_S} s; "
+    fail(
+        f"no reply sent from {SHARD} within {REPLY_TIMEOUT_S} s; "
         f"see {HOST}:/Users/{USER}/Library/Logs/edge-relay/relay.log"
     )
 
 
 def show_shard() -> None:
-    with sqlite3.connect(LAB_DIR / "backend.db") as db:
+    with sqlite3.connect(lab_dir() / "backend.db") as db:
         rows = db.execute(
             "SELECT shard_id, phone_number, host, state, active_users FROM persona_shards"
             " ORDER BY shard_id"
@@ -122,11 +129,11 @@ def main() -> None:
     first = add_shard()
     if first.returncode != 0:
         if "waiting for a person" not in first.stdout:
-            sys.exit("demo: add_shard.yml failed (see above)")
+            fail("add_shard.yml failed (see above)")
         print("\nadd_shard.yml stopped for the person-only steps; the lab plays them now.\n")
         play_person_steps()
         if add_shard().returncode != 0:
-            sys.exit("demo: add_shard.yml failed after the person-only steps (see above)")
+            fail("add_shard.yml failed after the person-only steps (see above)")
     print(f"round trip ok: {round_trip():.0f} ms")
     show_shard()
     print("\nThe lab keeps running: `make lab-down` stops it.")

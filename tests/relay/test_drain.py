@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,3 +162,28 @@ def test_the_wheel_ships_the_messages_script_and_builds_reproducibly(tmp_path):
         names = zipfile.ZipFile(wheel).namelist()
         assert "edge_relay/send_messages.applescript" in names
     assert hashes[0] == hashes[1]
+
+
+async def test_a_taken_health_port_stops_the_start_with_one_clear_line(settings, backend, tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", settings["health"]["port"]))
+    holder.listen()
+    try:
+        proc = start_relay(settings, tmp_path)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        holder.close()
+    assert proc.returncode == 3
+    assert f"cannot serve /health on 127.0.0.1:{settings['health']['port']}" in stderr
+    assert "another process holds the port" in stderr
+    assert "Traceback" not in stderr
+
+    # That start took no work, so the next one is not an undrained stop.
+    proc = start_relay(settings, tmp_path)
+    try:
+        await wait_for(lambda: backend.registrations, timeout_s=15, what="registration")
+        assert health(settings)["undrained_stops"]["total"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DRAIN_BOUND_S + 5)
+    assert proc.returncode == 0

@@ -39,6 +39,8 @@ log = logging.getLogger("edge_relay")
 LONG_POLL_WAIT_S = 25
 DEFAULT_HEARTBEAT_S = 30.0
 DRAIN_BOUND_S = 10.0
+# `run` exits with this when its health port is taken: the one start that cannot serve.
+EXIT_HEALTH_PORT = 3
 WORKER_STOP_S = 3.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -177,13 +179,30 @@ class Relay:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_drain)
 
+        await self.backend.start()
+        try:
+            await self.health.start()
+        except OSError as error:
+            # Nothing was taken yet: stop before the run is marked begun, so this start does
+            # not count as an undrained stop (launchd starts the relay again after a pause).
+            log.error(
+                "cannot serve /health on %s:%d (%s): another process holds the port; give "
+                "this shard another health.port (the relay role keeps the ports of a Mac in "
+                "health-ports.json)",
+                self.config.health.host,
+                self.config.health.port,
+                error.strerror or error,
+            )
+            await self.health.stop()
+            await self.backend.close()
+            self.chat_db.close()
+            self.store.close()
+            return EXIT_HEALTH_PORT
         if self.store.begin_run(time.time()):
             log.warning(
                 "the last run of this relay stopped without draining (killed, crashed or the "
                 "Mac lost power); counted in /health as undrained_stops"
             )
-        await self.backend.start()
-        await self.health.start()
         log.info(
             "relay %s started for shard %s (health on %s:%d)",
             __version__,
