@@ -184,7 +184,7 @@ class Backend:
             status,
             send_queue.get("depth", 0),
         )
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, "state": shard["state"]})
 
     async def inbound(self, request: web.Request) -> web.Response:
         shard = await self.shard_of(request)

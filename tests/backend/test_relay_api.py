@@ -91,7 +91,7 @@ async def test_heartbeat_updates_last_seen_and_keeps_queue_figures(backend, shar
         token,
         {"agent_id": "sage-01", "version": "1.2.0", "status": "healthy", "send_queue": figures},
     )
-    assert (status, body) == (200, {"ok": True})
+    assert (status, body) == (200, {"ok": True, "state": shards.row("sage-01")["state"]})
     first_seen = shards.row("sage-01")["last_seen_at"]
     assert first_seen is not None
 

@@ -287,6 +287,7 @@ class BackendDouble:
         self.inbound_commands: List[Dict[str, Any]] = []
         self.refuse_guids: set = set()
         self.heartbeat_interval_s = 30
+        self.shard_state = "active"
         self.auth_failures = 0
         self._runner: Optional[web.AppRunner] = None
         self._commands_ready = asyncio.Event()
@@ -305,7 +306,7 @@ class BackendDouble:
         return web.json_response(
             {
                 "shard_id": body["agent_id"],
-                "state": "active",
+                "state": self.shard_state,
                 "heartbeat_interval_s": self.heartbeat_interval_s,
             }
         )
@@ -314,7 +315,7 @@ class BackendDouble:
         if not self._authorized(request):
             return web.json_response({"error": "unknown token"}, status=401)
         self.heartbeats.append(await request.json())
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, "state": self.shard_state})
 
     async def inbound(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -34,6 +34,19 @@ async def test_registers_then_heartbeats_with_queue_figures(settings, backend):
     }
 
 
+async def test_health_follows_the_shard_state_the_heartbeats_bring(settings, backend):
+    backend.heartbeat_interval_s = 0.1
+    backend.shard_state = "provisioning"
+    async with RunningRelay(settings) as relay:
+        await wait_for(lambda: relay.registered, what="registration")
+        assert relay.report()["checks"]["registered"]["detail"].endswith("provisioning")
+        backend.shard_state = "active"
+        await wait_for(
+            lambda: relay.report()["checks"]["registered"]["detail"].endswith("state active"),
+            what="the active state from a heartbeat",
+        )
+
+
 async def test_history_before_the_first_start_is_never_forwarded(settings, backend, messages):
     old = [messages.incoming(HANDLE, text=f"old {n}") for n in range(3)]
     async with RunningRelay(settings):

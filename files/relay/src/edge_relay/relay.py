@@ -322,9 +322,15 @@ class Relay:
                 "send_queue": report["send_queue"],
             }
             try:
-                await self.backend.heartbeat(body)
+                answer = await self.backend.heartbeat(body)
             except BackendError as error:
                 log.warning("heartbeat failed (%s)", error)
+                continue
+            # The state changes after registration (provisioning, then active once the canary
+            # answered); a backend that does not say it leaves the last known one.
+            state = answer.get("state") if isinstance(answer, dict) else None
+            if isinstance(state, str) and state:
+                self.registration_detail = f"registered, shard state {state}"
 
     # Inbound
 
