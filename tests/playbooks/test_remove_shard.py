@@ -4,6 +4,7 @@ order on one lab."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -105,9 +106,16 @@ def test_deleting_the_row_is_refused_while_users_are_assigned(lab):
         lab.sql("DELETE FROM user_assignments WHERE shard_id = ?", SHARD_ID)
 
 
+def health_ports(lab):
+    path = lab.host_path("mini-01", "/usr/local/archety/edge/health-ports.json")
+    return json.loads(path.read_text())
+
+
 def test_removes_the_shard_and_keeps_its_user(lab):
+    assert SHARD_ID in health_ports(lab)
     run = remove(lab)
     assert run.rc == 0, run.output
+    assert SHARD_ID not in health_ports(lab)
     assert state(lab) == "disabled"
     assert not lab.host_path("mini-01", PLIST).exists()
     assert not job_loaded(lab)
