@@ -55,7 +55,8 @@ class Dsn:
         if dsn.startswith("sqlite:") and not dsn.startswith(SQLITE_PREFIX):
             raise DsnError(f"DSN '{dsn}' does not name an absolute file path: {usage}")
         if dsn.startswith(SQLITE_PREFIX):
-            path = dsn[len("sqlite://") :]
+            # sqlite:////abs/path, SQLAlchemy's form, names the same file as sqlite:///abs/path.
+            path = "/" + dsn[len("sqlite://") :].lstrip("/")
             if not os.path.isabs(path) or path == "/":
                 raise DsnError(f"DSN '{dsn}' does not name an absolute file path: {usage}")
             return cls("sqlite", path, dsn)

@@ -9,6 +9,7 @@ options:
     description:
       - The backend database, C(sqlite:///absolute/path.db) or
         C(postgresql://user[:password]@host:port/database).
+      - SQLAlchemy's absolute form C(sqlite:////absolute/path.db) names the same file.
       - The same DSN C(edge-backend) is run with. It may hold a password, so it is never
         logged or returned; messages name the database without it.
     type: str

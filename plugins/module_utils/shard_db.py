@@ -51,10 +51,17 @@ class ShardDBError(Exception):
     pass
 
 
+def sqlite_path(dsn):
+    """The file of a sqlite:// DSN. SQLAlchemy's absolute form, sqlite:////abs/path, names the
+    same file as sqlite:///abs/path; left as is, SQLite would read //abs as a URI authority."""
+    path = dsn[len("sqlite://") :]
+    return "/" + path.lstrip("/") if path.startswith("/") else path
+
+
 def describe_dsn(dsn):
     """The database named without its password (the DSN itself is masked in module output)."""
     if dsn.startswith("sqlite://"):
-        return f"the SQLite database {dsn[len('sqlite://') :]}"
+        return f"the SQLite database {sqlite_path(dsn)}"
     parts = urlsplit(dsn)
     where = parts.hostname or "the local socket"
     if parts.port:
@@ -74,7 +81,7 @@ class ShardDB:
         self.queries = []
         if dsn.startswith("sqlite://"):
             self.kind = "sqlite"
-            self.conn = self.connect_sqlite(dsn[len("sqlite://") :])
+            self.conn = self.connect_sqlite(sqlite_path(dsn))
         elif dsn.startswith(("postgresql://", "postgres://")):
             self.kind = "postgresql"
             self.conn = self.connect_postgresql(dsn)

@@ -570,6 +570,15 @@ def test_relative_sqlite_path_is_refused(tmp_path):
     )
 
 
+def test_sqlalchemys_four_slash_sqlite_dsn_names_the_same_file(tmp_path):
+    backend = SqliteBackend(tmp_path / "backend.db")
+    result = run_module(persona_shard.main, dict(NEW, dsn="sqlite:///" + backend.path), no_runner)
+    assert not result.failed, result["msg"]
+    assert [row["shard_id"] for row in backend.rows("SELECT shard_id FROM persona_shards")] == [
+        NEW["shard_id"]
+    ]
+
+
 def test_a_database_without_user_assignments_is_named_on_removal(tmp_path):
     path = tmp_path / "partial.db"
     with sqlite3.connect(path) as conn:
