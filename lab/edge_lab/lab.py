@@ -222,7 +222,11 @@ def write_inventory(lab, all_hosts):
         "edge_lab": True,
         "edge_shard_user_password": shard_user_password(lab),
     }
-    (folder / "group_vars/all.yml").write_text(header + yaml.safe_dump(group_vars, sort_keys=False))
+    # It holds the shard users' password: readable by this user alone, as the lab's own copy.
+    group_vars_file = folder / "group_vars/all.yml"
+    group_vars_file.touch(mode=0o600)
+    group_vars_file.chmod(0o600)
+    group_vars_file.write_text(header + yaml.safe_dump(group_vars, sort_keys=False))
 
 
 # ---------------------------------------------------------------- backend and carrier

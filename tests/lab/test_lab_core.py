@@ -83,6 +83,12 @@ def test_admin_logs_in_over_ssh_and_sudo_needs_no_password(lab):
         assert result.stdout.split() == ["admin", f"mini-0{index}", "sudo", "ok"]
 
 
+def test_the_inventory_keeps_the_shard_users_password_to_its_owner(lab):
+    group_vars = Path(lab["EDGE_LAB_INVENTORY"]) / "group_vars/all.yml"
+    assert "edge_shard_user_password" in group_vars.read_text()
+    assert group_vars.stat().st_mode & 0o777 == 0o600
+
+
 def test_each_host_has_its_own_users_and_etc(lab):
     made = in_host(lab, "mini-01", "sh", "-c", "touch /Users/Shared/mark /etc/edge-lab-mark")
     assert made.returncode == 0, made.stderr
