@@ -39,6 +39,10 @@ SHARD_COLUMNS = (
     "created_at",
     "updated_at",
 )
+# The shapes of a shard's names, as edge-backend and the playbooks take them.
+SHARD_ID = re.compile(r"^([a-z][a-z0-9]{1,19})-(0[1-9]|[1-9][0-9])$")
+PERSONA = re.compile(r"^[a-z][a-z0-9]{1,19}$")
+E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 NAMED_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 INIT_DB_HINT = "run `edge-backend init-db --dsn ...` first"
 

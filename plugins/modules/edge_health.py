@@ -100,8 +100,8 @@ options:
     default: 5
   drop_rate_warning:
     description:
-      - Drop rate (0 to 1) from which the relay is critical; a rate below it that is not zero
-        is a warning.
+      - Where warnings end, as O(drops_warning) for counts - a drop rate (0 to 1) above zero and
+        below it is a warning, a rate at or above it is critical.
       - The rate is the drops of the relay's recent window over the sends offered in it
         (C(drops_recent) over C(drops_recent) + C(arrivals_recent)); for an older relay, the
         sends dropped over the sends enqueued while waiting.

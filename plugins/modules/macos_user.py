@@ -29,7 +29,7 @@ options:
     type: str
   uid:
     description:
-      - User id to create the user with. On an existing user it is only checked;
+      - User id to create the user with, 501 or more. On an existing user it is only checked;
         a different uid is an error, since macOS does not renumber a user in place.
     type: int
   shell:
@@ -83,6 +83,9 @@ notes:
     reported as it is, not moved.
   - A user created this way has no Secure Token; FileVault unlock by this user is
     not set up.
+  - Leaves system accounts (uid below 501) alone and never deletes an administrator; both
+    fail, naming the account, since a shard user is neither and a mistyped name must not
+    remove the account Ansible logs in with.
   - Must run as root, with C(become).
 """
 
@@ -146,6 +149,8 @@ from ansible_collections.archety.edge.plugins.module_utils.macos import (  # noq
 SHORT_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,30}$")
 # dseditgroup -o checkmember exits 0 for a member and 67 for a user that is not one.
 NOT_A_MEMBER = 67
+# macOS numbers the users people make from 501; below are its own accounts (root, daemons).
+FIRST_LOCAL_UID = 501
 
 
 class MacUser:
@@ -354,8 +359,11 @@ def main():
             "'_', '.' or '-', starting with a letter or '_', at most 31 characters."
         )
     uid = module.params["uid"]
-    if uid is not None and not 1 <= uid <= 2147483647:
-        module.fail_json(msg=f"uid {uid} is out of range: give a positive user id.")
+    if uid is not None and not FIRST_LOCAL_UID <= uid <= 2147483647:
+        module.fail_json(
+            msg=f"uid {uid} is out of range: give {FIRST_LOCAL_UID} or more (below are macOS's "
+            "own accounts), or leave uid out."
+        )
     shell = module.params["shell"]
     if not shell.startswith("/"):
         module.fail_json(msg=f"shell '{shell}' is not an absolute path, e.g. /bin/zsh.")
@@ -368,7 +376,17 @@ def main():
 
     user = MacUser(module)
     before = user.read()
+    if before is not None and before["uid"] is not None and before["uid"] < FIRST_LOCAL_UID:
+        module.fail_json(
+            msg=f"{name} is a macOS system account (uid {before['uid']}, below "
+            f"{FIRST_LOCAL_UID}); this module manages shard users and leaves it alone. Check name."
+        )
     if module.params["state"] == "absent":
+        if before is not None and before["admin"]:
+            module.fail_json(
+                msg=f"{name} is an administrator of this Mac, which no shard user is: the module "
+                "does not delete it. Check name; delete an administrator by hand if you mean it."
+            )
         if before is not None:
             user.remove()
         after = None

@@ -126,21 +126,20 @@ queries:
 """
 
 import hashlib  # noqa: E402  (Ansible keeps the documentation first)
-import re  # noqa: E402
 import secrets  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.archety.edge.plugins.module_utils.shard_db import (  # noqa: E402
+    E164,
+    PERSONA,
+    SHARD_ID,
     ShardDB,
     ShardDBError,
     public_row,
     shard_db_argument_spec,
 )
 
-SHARD_ID = re.compile(r"^([a-z][a-z0-9]{1,19})-(0[1-9]|[1-9][0-9])$")
-PERSONA = re.compile(r"^[a-z][a-z0-9]{1,19}$")
-E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 # A new row's capacity: the fleet's rule of thumb of 150 users per shard for moderate use.
 DEFAULT_CAPACITY = 150
 TRANSITIONS = {

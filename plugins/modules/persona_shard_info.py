@@ -138,7 +138,10 @@ queries:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.archety.edge.plugins.module_utils.shard_db import (  # noqa: E402
+    E164,
+    PERSONA,
     SHARD_COLUMNS,
+    SHARD_ID,
     ShardDB,
     ShardDBError,
     public_row,
@@ -163,6 +166,14 @@ def main():
     filters = dict(
         (name, module.params[name]) for name in FILTERS if module.params[name] is not None
     )
+    # A filter no row could match is a mistake, not a question with an empty answer.
+    for name, pattern, shape in (
+        ("shard_id", SHARD_ID, "a shard id is <persona>-<NN>, as sage-01"),
+        ("persona", PERSONA, "a persona is 2 to 20 lower-case letters and digits"),
+        ("phone_number", E164, "a phone number is in E.164, + and 8 to 15 digits"),
+    ):
+        if name in filters and not pattern.match(filters[name]):
+            module.fail_json(msg=f"{name} '{filters[name]}' can match no shard: {shape}.")
     where = " AND ".join(f"{name} = :{name}" for name in filters)
     query = f"SELECT {', '.join(SHARD_COLUMNS)} FROM persona_shards"
     if where:

@@ -160,6 +160,31 @@ def test_absent_with_remove_home_deletes_the_home():
     assert "edge_sage_01" not in mac.homes
 
 
+@pytest.mark.parametrize("state", ["absent", "present"])
+def test_a_system_account_is_left_alone(state):
+    mac = FakeDirectory()
+    mac.add("root", 0, "System Administrator", shell="/bin/sh")
+    result = run(mac, name="root", state=state)
+    assert result.failed
+    assert result["msg"] == (
+        "root is a macOS system account (uid 0, below 501); this module manages shard users "
+        "and leaves it alone. Check name."
+    )
+    assert "root" in mac.users
+    assert not any("sysadminctl" in call[0] or "-create" in call for call in mac.calls)
+
+
+def test_an_administrator_is_never_deleted():
+    mac = FakeDirectory()
+    mac.add("admin", 501, "Fleet admin")
+    for check_mode in (True, False):
+        result = run(mac, check_mode=check_mode, name="admin", state="absent")
+        assert result.failed
+        assert result["msg"].startswith("admin is an administrator of this Mac")
+    assert "admin" in mac.users
+    assert not any("sysadminctl" in call[0] for call in mac.calls)
+
+
 def test_delete_that_sysadminctl_silently_refuses_is_an_error():
     mac = FakeDirectory()
     mac.add("edge_sage_01", 502, "Edge sage-01")
@@ -335,10 +360,15 @@ def test_refused_admin_change_is_explained():
     "args, message",
     [
         (dict(NEW_SHARD, password="first\nsecond"), "password holds a line break"),
-        (dict(NEW_SHARD, uid=0), "uid 0 is out of range: give a positive user id."),
+        (
+            dict(NEW_SHARD, uid=0),
+            "uid 0 is out of range: give 501 or more (below are macOS's own accounts), or leave "
+            "uid out.",
+        ),
+        (dict(NEW_SHARD, uid=500), "uid 500 is out of range: give 501 or more"),
         (dict(NEW_SHARD, shell="zsh"), "shell 'zsh' is not an absolute path, e.g. /bin/zsh."),
     ],
-    ids=["password-line-break", "uid-zero", "shell-relative"],
+    ids=["password-line-break", "uid-zero", "uid-system-range", "shell-relative"],
 )
 def test_bad_input_is_refused_before_any_command(args, message):
     mac = FakeDirectory()

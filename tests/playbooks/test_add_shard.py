@@ -114,6 +114,32 @@ def test_shard_already_in_use_with_another_number_is_refused(lab):
         lab.sql("DELETE FROM persona_shards WHERE shard_id = 'sage-01'")
 
 
+def test_a_number_taken_while_the_play_runs_leaves_no_user_behind(lab):
+    # Another run takes the number after this one's checks passed, as its user is made.
+    def another_run_takes_the_number():
+        lab.sql(
+            "INSERT INTO persona_shards (shard_id, persona, phone_number, agent_id, host, state,"
+            " capacity, active_users, created_at, updated_at) VALUES"
+            " ('sage-07', 'sage', '+15551230001', 'sage-07', 'mini-02', 'provisioning', 150, 0,"
+            " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')"
+        )
+
+    try:
+        run = lab.playbook(
+            **request(), at_task=("Create the shard's macOS user", another_run_takes_the_number)
+        )
+        assert run.rc != 0
+        assert "The shard's row was not written" in run.output, run.output
+        assert "is already the number of shard sage-07" in run.output
+        assert f"The macOS user {USER} this run made is removed again" in run.output
+        assert not lab.has_user("mini-01", USER)
+        assert not lab.host_path("mini-01", f"/Users/{USER}").exists()
+        assert [row[0] for row in lab.shard_rows()] == ["sage-07"]
+    finally:
+        lab.sql("DELETE FROM persona_shards WHERE shard_id = 'sage-07'")
+    assert_nothing_changed(lab)
+
+
 def test_check_mode_on_a_fresh_host_changes_nothing(lab):
     run = lab.playbook(check_mode=True, **request())
     assert run.rc == 0, run.output

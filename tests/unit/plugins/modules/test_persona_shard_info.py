@@ -75,3 +75,19 @@ def test_unknown_state_is_refused(dsn, capsys):
     assert result["failed"] is True
     allowed = "value of state must be one of: provisioning, active, retiring, disabled"
     assert allowed in result["msg"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (dict(shard_id="BAD"), "shard_id 'BAD' can match no shard: a shard id is <persona>-<NN>"),
+        (dict(persona="No Such"), "persona 'No Such' can match no shard: a persona is 2 to 20"),
+        (dict(phone_number="15551230001"), "phone_number '15551230001' can match no shard"),
+    ],
+    ids=["shard-id", "persona", "phone-number"],
+)
+def test_a_filter_no_shard_could_match_is_refused(dsn, capsys, args, message):
+    result = run(dsn, capsys, **args)
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert "queries" not in result
