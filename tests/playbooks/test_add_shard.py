@@ -248,3 +248,19 @@ def test_after_a_deploy_shards_keep_and_join_the_deployed_release(lab, tmp_path)
     added = lab.playbook(**second)
     assert added.rc == 0, added.output
     assert current_release(lab, "edge_sage_02") == current_release(lab, USER)
+
+
+def test_a_deploy_of_an_older_build_stops_unless_asked_for(lab):
+    # The shards run 0.2.0; without relay_wheel, deploy.yml builds files/relay's older 0.1.0.
+    before = current_release(lab, USER)
+    refused = lab.playbook(playbook="deploy.yml")
+    assert refused.rc != 0
+    assert "Shards of mini-01 run 0.2.0, newer than 0.1.0" in refused.output, refused.output
+    assert "-e deploy_allow_downgrade=true to roll back on purpose" in refused.output
+    assert refused.recap("mini-01")["changed"] == 0
+    assert current_release(lab, USER) == before
+
+    asked = lab.playbook(playbook="deploy.yml", check_mode=True, deploy_allow_downgrade="true")
+    assert asked.rc == 0, asked.output
+    assert "Drain the relay of sage-01" in asked.output
+    assert current_release(lab, USER) == before

@@ -46,7 +46,7 @@ def deploy(inventory, extra, wheel=MISSING_WHEEL):
         ({"deploy_serial": [1, "0%"]}, "deploy_serial must be a batch size"),
         ({"deploy_serial": []}, "deploy_serial must be a batch size"),
         ({"deploy_max_fail_percentage": 200}, "deploy_max_fail_percentage must be a whole number"),
-        ({"deploy_releases_keep": 0}, "deploy_releases_keep must be a whole number"),
+        ({"deploy_releases_keep": 0}, "deploy_releases_keep must be a whole number, at least 1,"),
         ({"deploy_hosts": "mini-09"}, "deploy_hosts mini-09 names no Mac of the inventory"),
     ],
 )
@@ -92,3 +92,15 @@ def test_a_wheel_true_to_its_name_passes_the_release_check(inventory, tmp_path):
     rc, output = deploy(inventory, {}, relay_wheel(tmp_path, named="0.3.0", holds="0.3.0"))
     assert "No Mac was touched" not in output
     assert "rolling out release 0.3.0-" in output
+
+
+def test_a_limit_without_the_controller_stops_with_what_to_give(inventory):
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
+    argv += [str(PLAYBOOK), "--limit", "mini-01", "-e", f"relay_wheel={MISSING_WHEEL}"]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "name localhost too (--limit 'mini-01,localhost')" in output, output
+    assert "Nothing was changed on mini-01" in output
+    assert "UNREACHABLE" not in output

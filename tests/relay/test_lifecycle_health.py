@@ -120,6 +120,32 @@ async def test_doctor_names_each_fault_and_what_to_fix(settings, backend, messag
     assert "TOKEN" not in result.stdout and "s3cr3t" not in result.stdout
 
 
+async def test_doctor_passes_on_what_the_running_relay_found(settings, backend, tmp_path):
+    # Only the relay sees some faults (Automation refused at a send, the GUI session gone):
+    # doctor reports the running relay's own judgement beside its checks.
+    async with RunningRelay(settings):
+        (tmp_path / "launchctl.exit").write_text("113")
+        await asyncio.sleep(0)
+        result = await _in_thread(doctor, settings, tmp_path)
+    assert result.returncode == 1
+    port = settings["health"]["port"]
+    [line] = [line for line in result.stdout.splitlines() if "running relay" in line]
+    assert line.startswith(f"FAIL  running relay: this shard's relay on 127.0.0.1:{port} says")
+    assert "gui_session: " in line and "log the user in at the GUI" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the token file to another user needs root")
+async def test_doctor_run_by_another_user_than_the_shards_says_whom_to_run_it_as(
+    settings, backend, messages, tmp_path
+):
+    os.chown(settings["backend"]["token_file"], 65534, -1)
+    result = await _in_thread(doctor, settings, tmp_path)
+    assert result.returncode == 1
+    [line] = [line for line in result.stdout.splitlines() if "GUI session" in line]
+    assert line.startswith("FAIL  GUI session: doctor runs as uid 0, not as the shard's user ")
+    assert "edge-relay doctor --config" in line
+
+
 async def test_doctor_lists_config_problems_and_stops(tmp_path):
     path = tmp_path / "config.yml"
     path.write_text("shard_id: nope\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import socket
 import urllib.error
 import urllib.request
@@ -33,7 +34,21 @@ def check_chat_db(config: Config) -> Check:
 
 
 def check_gui(config: Config) -> Check:
-    ok, detail = asyncio.run(gui_session(config.launchctl, os.getuid()))
+    # The session that matters is the shard user's, who owns the token file: run by anyone
+    # else (root over SSH, say), doctor would judge the wrong user's session.
+    owner = os.stat(config.token_file).st_uid
+    if os.getuid() != owner:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        return (
+            "GUI session",
+            False,
+            f"doctor runs as uid {os.getuid()}, not as the shard's user {name}: run it as that "
+            f"user, as launchd runs the relay (sudo -u {name} edge-relay doctor --config ...)",
+        )
+    ok, detail = asyncio.run(gui_session(config.launchctl, owner))
     return "GUI session", ok, detail
 
 
@@ -93,12 +108,30 @@ def check_health_port(config: Config) -> Check:
     except (urllib.error.URLError, OSError, ValueError):
         answer = {}
     if isinstance(answer, dict) and answer.get("shard_id") == config.shard_id:
-        return "health port", True, f"{host}:{port} is held by this shard's running relay"
+        return running_relay(answer, f"{host}:{port}")
     return (
         "health port",
         False,
         f"{host}:{port} is in use by another program; free it or choose another health.port",
     )
+
+
+def running_relay(report: dict, where: str) -> Check:
+    """The running relay's own judgement: some checks (Automation, the backend's answers) only
+    the relay can make, from what its sends and calls met."""
+    status = report.get("status")
+    checks = report.get("checks") if isinstance(report.get("checks"), dict) else {}
+    failing = [
+        f"{name}: {check.get('detail', 'failed')}"
+        for name, check in sorted(checks.items())
+        if isinstance(check, dict) and check.get("ok") is False
+    ]
+    if status == "healthy":
+        return "running relay", True, f"this shard's relay holds {where} and is healthy"
+    detail = f"this shard's relay on {where} says {status}" + (
+        ": " + "; ".join(failing) if failing else ""
+    )
+    return "running relay", None if status == "warning" else False, detail
 
 
 def check_parked(config: Config, config_path: str) -> Check:
