@@ -27,10 +27,7 @@ def _count(value, name, smallest):
     elif isinstance(value, str):
         number = int(value) if WHOLE_NUMBER.match(value) else None
     if number is None:
-        raise AnsibleFilterError(
-            f"{name} must be a whole number, got {value!r} ({type(value).__name__}): "
-            "give a count such as 2000."
-        )
+        raise AnsibleFilterError(f"{name} must be a whole number, got {value!r}.")
     if number < smallest:
         raise AnsibleFilterError(f"{name} must be at least {smallest}, got {number}.")
     return number

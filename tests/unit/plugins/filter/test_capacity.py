@@ -54,7 +54,7 @@ def test_both_filters_are_exported():
         (lambda: shards_needed("--5"), "users must be a whole number"),
         (lambda: shards_needed(500, 0), "users_per_shard must be at least 1, got 0"),
         (lambda: shards_needed(500, users_per_shard=-150), "users_per_shard must be at least 1"),
-        (lambda: shards_needed(500, "x"), "users_per_shard must be a whole number, got 'x'"),
+        (lambda: shards_needed(500, "x"), "users_per_shard must be a whole number, got 'x'."),
         (lambda: mac_minis_needed(-3), "shards must be at least 0, got -3"),
         (lambda: mac_minis_needed([4]), "shards must be a whole number, got [4]"),
         (lambda: mac_minis_needed(14, 0), "shards_per_mac must be at least 1, got 0"),
@@ -64,3 +64,12 @@ def test_bad_input_is_a_sentence_naming_the_value(call, message):
     with pytest.raises(AnsibleFilterError) as err:
         call()
     assert message in str(err.value)
+
+
+def test_a_templated_value_is_named_by_its_text_not_its_type():
+    class TemplatedText(str):  # Ansible's templated strings are str subclasses of its own
+        pass
+
+    with pytest.raises(AnsibleFilterError) as err:
+        mac_minis_needed(4, TemplatedText("x"))
+    assert str(err.value) == "shards_per_mac must be a whole number, got 'x'."
