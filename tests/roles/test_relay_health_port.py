@@ -1,13 +1,11 @@
 """The relay role gives each shard of a Mac the lowest free health port from the Mac's base.
 
 The choice is one templated task; it is rendered here with Ansible's own templar, with the
-facts the tasks before it gather (whether health-ports.json exists, and its content).
+ports the tasks before it read from health-ports.json.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import pytest
@@ -25,13 +23,11 @@ def choose_task() -> dict:
 
 
 def health_port(task, base, given=None, shard="sage-02", fixed=0) -> int:
-    content = base64.b64encode(json.dumps(given or {}).encode()).decode()
     variables = {
         "relay_health_port_base": base,
         "relay_health_port": fixed,
         "relay_shard_id": shard,
-        "_relay_ports_stat": {"stat": {"exists": given is not None}},
-        "_relay_ports_raw": {"content": content},
+        "_relay_ports": given or {},
     }
     variables.update({name: trust_as_template(value) for name, value in task["vars"].items()})
     expression = task["ansible.builtin.set_fact"]["relay_health_port_effective"]

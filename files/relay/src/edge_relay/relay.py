@@ -193,9 +193,7 @@ class Relay:
                 self.config.health.port,
                 error.strerror or error,
             )
-            await self.health.stop()
-            await self.backend.close()
-            self.chat_db.close()
+            await self._close_connections()
             self.store.close()
             return EXIT_HEALTH_PORT
         if self.store.begin_run(time.time()):
@@ -253,14 +251,17 @@ class Relay:
         except (asyncio.TimeoutError, BackendError):
             log.info("drain: results not yet reported are kept for the next start")
 
-        await self.health.stop()
-        await self.backend.close()
-        self.chat_db.close()
+        await self._close_connections()
         log.info(
             "drained: %d command(s) kept in the send queue for the next start", self.queue.depth
         )
         self.store.end_run()
         self.store.close()
+
+    async def _close_connections(self) -> None:
+        await self.health.stop()
+        await self.backend.close()
+        self.chat_db.close()
 
     @staticmethod
     async def _stop_workers(workers: List[asyncio.Future]) -> None:
@@ -303,7 +304,7 @@ class Relay:
             if isinstance(interval, (int, float)) and interval > 0:
                 self.heartbeat_s = float(interval)
             self.registered = True
-            self.registration_detail = f"registered, shard state {answer.get('state')}"
+            self._note_state(answer.get("state"))
             self._registered_event.set()
             log.info(
                 "registered as %s (state %s, heartbeat every %g s)",
@@ -330,7 +331,10 @@ class Relay:
             # answered); a backend that does not say it leaves the last known one.
             state = answer.get("state") if isinstance(answer, dict) else None
             if isinstance(state, str) and state:
-                self.registration_detail = f"registered, shard state {state}"
+                self._note_state(state)
+
+    def _note_state(self, state: Optional[str]) -> None:
+        self.registration_detail = f"registered, shard state {state}"
 
     # Inbound
 
