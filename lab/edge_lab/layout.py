@@ -2,7 +2,9 @@
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +125,22 @@ def known_hosts(lab=None):
         if match and (entry / "etc/passwd").exists():
             found.append(Host(int(match.group(1)), lab))
     return found
+
+
+def package_for_every_user() -> Path:
+    """A copy of the edge_lab package that any user can import, as a folder for PYTHONPATH.
+
+    A stand-in run under a user's own uid outside a lab host (the tests do so) cannot import
+    the package from a checkout that only its owner may enter (a clone in a 0700 folder). The
+    caller removes the folder when done.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="edge-lab-package-"))
+    folder.chmod(0o755)
+    shutil.copytree(
+        Path(__file__).resolve().parent,
+        folder / "edge_lab",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for path in [folder / "edge_lab", *(folder / "edge_lab").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder

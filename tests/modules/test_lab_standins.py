@@ -151,14 +151,27 @@ def test_mac_facts_of_a_fresh_lab_mac(lab_mac):
 NOBODY_PYTHON = "/usr/bin/python3"
 
 
-def as_nobody(*commands):
+@pytest.fixture
+def lab_for_nobody():
+    """The lab package where nobody can import it, whatever the checkout's folder allows."""
+    sys.path.insert(0, LAB)
+    try:
+        from edge_lab.layout import package_for_every_user
+    finally:
+        sys.path.remove(LAB)
+    folder = package_for_every_user()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_nobody(lab_package, *commands):
     """Make the stand-ins of `commands` run as nobody, as they would without become."""
     bin_dir = os.environ["PATH"].split(":")[0]
     for command in commands:
         wrapper = os.path.join(bin_dir, command)
         with open(wrapper, "w") as handle:
             handle.write(
-                f'#!/bin/sh\nPYTHONPATH="{LAB}" exec setpriv --reuid=65534 --regid=65534 '
+                f'#!/bin/sh\nPYTHONPATH="{lab_package}" exec setpriv --reuid=65534 --regid=65534 '
                 f'--clear-groups {NOBODY_PYTHON} -m edge_lab.standins.{TOOLS[command]} "$@"\n'
             )
 
@@ -181,9 +194,11 @@ def test_uid_in_use_on_the_stand_ins_is_named_and_nothing_is_made(lab_mac):
     shutil.which("setpriv") is None or not os.access(NOBODY_PYTHON, os.X_OK),
     reason=f"setpriv (util-linux) or {NOBODY_PYTHON} is missing",
 )
-def test_without_root_the_stand_ins_refuse_and_the_module_says_to_become_root(lab_mac):
+def test_without_root_the_stand_ins_refuse_and_the_module_says_to_become_root(
+    lab_mac, lab_for_nobody
+):
     run(**SHARD)
-    as_nobody("sysadminctl", "dscl", "createhomedir", "dseditgroup")
+    as_nobody(lab_for_nobody, "sysadminctl", "dscl", "createhomedir", "dseditgroup")
 
     created = run(name="edge_sage_02", password="lab pass 2")
     assert created.failed

@@ -26,6 +26,7 @@ if str(LAB) not in sys.path:
     sys.path.insert(0, str(LAB))
 
 from edge_lab import hoststate, launchd, messages  # noqa: E402
+from edge_lab.layout import package_for_every_user  # noqa: E402
 
 # The lab's stand-ins run on the host's own Python, as on the lab's Macs, not the relay's.
 LAB_PYTHON = "/usr/bin/python3"
@@ -54,6 +55,9 @@ class LabMac:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="edge-relay-group-"))
         self.root.chmod(0o755)  # the user's osascript reaches the socket through it
+        # The user's osascript imports the lab from here, not from the checkout, which its
+        # owner alone may enter.
+        self.lab_package = package_for_every_user()
         self.socket = self.root / "launchd.sock"
         self.env = dict(
             os.environ,
@@ -101,7 +105,7 @@ class LabMac:
             "#!/bin/sh\n"
             f"exec {SETPRIV} --reuid={USER_UID} --regid={STAFF_GID} --clear-groups "
             f"/usr/bin/env EDGE_LAB_ROOT={self.root} EDGE_LAB_LAUNCHD_SOCKET={self.socket} "
-            f'PYTHONPATH={LAB} {LAB_PYTHON} -m edge_lab.standins.osascript "$@"\n'
+            f'PYTHONPATH={self.lab_package} {LAB_PYTHON} -m edge_lab.standins.osascript "$@"\n'
         )
         path.chmod(0o755)
         return path
@@ -115,6 +119,7 @@ class LabMac:
                 self.daemon.kill()
                 self.daemon.wait(timeout=5)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.lab_package, ignore_errors=True)
 
 
 @pytest.fixture
