@@ -101,11 +101,16 @@ class LabMac:
     def osascript(self, folder: Path) -> Path:
         """/usr/bin/osascript of this Mac, run as the shard's user with the lab's stand-in."""
         path = folder / "osascript"
+        # The relay runs as root here, its script in the checkout: the user's osascript reads
+        # a copy beside the lab package, as on a Mac it reads the user's own release.
+        script = self.lab_package / "send_messages.applescript"
         path.write_text(
             "#!/bin/sh\n"
+            f'cp "$1" {script} && shift || exit 1\n'
             f"exec {SETPRIV} --reuid={USER_UID} --regid={STAFF_GID} --clear-groups "
             f"/usr/bin/env EDGE_LAB_ROOT={self.root} EDGE_LAB_LAUNCHD_SOCKET={self.socket} "
-            f'PYTHONPATH={self.lab_package} {LAB_PYTHON} -m edge_lab.standins.osascript "$@"\n'
+            f"PYTHONPATH={self.lab_package} {LAB_PYTHON} -m edge_lab.standins.osascript "
+            f'{script} "$@"\n'
         )
         path.chmod(0o755)
         return path
