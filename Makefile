@@ -13,7 +13,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 APT_PACKAGES := openssh-server sudo iproute2 procps util-linux sqlite3 rsync
 
-.PHONY: help setup system-packages venv venv39 lint test test-units test-lab test-playbooks \
+.PHONY: help setup system-packages venv venv39 checkout-readable lint test test-units test-lab test-playbooks \
         test-molecule test-quality lab-up lab-down demo build clean bench
 
 help: ## List the targets
@@ -45,7 +45,16 @@ $(VENV39)/.installed: files/relay/pyproject.toml
 
 venv39: $(VENV39)/.installed ## Python 3.9 environment for the relay's tests (macOS's python3)
 
-setup: system-packages venv venv39 ## All set-up: packages, virtual environments
+# The lab's hosts and the tests run the checkout's Python and lab package under other users'
+# uids (the shard users, nobody), so every user must be able to enter the checkout: a clone
+# made in `mktemp -d` is root's alone until opened here.
+checkout-readable:
+	chmod a+rx $(CURDIR)
+	@setpriv --reuid=65534 --regid=65534 --clear-groups test -r $(CURDIR)/Makefile || { \
+	  echo "other users cannot reach $(CURDIR): let every user enter each folder above it" \
+	       "(chmod a+x), or clone the project elsewhere"; exit 2; }
+
+setup: system-packages venv venv39 checkout-readable ## All set-up: packages, virtual environments
 
 lint: venv ## ruff, ansible-lint (production profile), collection build
 	$(VENV)/bin/ruff check .
